@@ -1,0 +1,91 @@
+"""``secondthought``: one command line for every stage. ``secondthought STAGE --help`` explains each."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig
+
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+SECTIONS = {"data": DataConfig, "prepare": PrepareConfig, "ray": RayConfig}
+
+
+def _stage_parser(description: str, sections: tuple[str, ...]) -> ArgumentParser:
+    parser = ArgumentParser(description=description, exit_on_error=True)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
+    for name in sections:
+        parser.add_class_arguments(SECTIONS[name], name, fail_untyped=True, sub_configs=True)
+    return parser
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="secondthought",
+        description="Re-align a language model by teaching it to edit unaligned text into aligned text "
+        "(chain-of-edits, fine-tuning, RL). Each stage reads and writes a run directory.",
+    )
+    commands = parser.add_subcommands(dest="command")
+
+    prepare = _stage_parser(
+        "Read a dataset, quarantine bad rows, compute chains of edits for every cost set, tokenize, and write "
+        "Parquet shards (out/data/<split>/), out/manifest.json and out/quarantine.jsonl. Runs on Ray Data: a "
+        "local Ray by default, a cluster with --ray.address.",
+        ("data", "prepare", "ray"),
+    )
+    prepare.add_argument("--out", required=True, help="output directory")
+    prepare.add_argument("--overwrite", type=bool, default=False, help="replace an earlier prepared output")
+    prepare.add_argument("--progress", type=bool, default=True, help="show a progress bar")
+    commands.add_subcommand("prepare", prepare, help="dataset -> chains of edits -> token ids (Ray Data)")
+
+    edits = ArgumentParser(description="Show the chain of edits from SOURCE to TARGET: serialized and in plain English.")
+    edits.add_argument("source", help="the unaligned text")
+    edits.add_argument("target", help="the aligned text")
+    edits.add_argument("--costs", type=tuple[float, float, float], default=(1, 1, 1),
+                       help="(insert, delete, replace) cost of one word")
+    commands.add_subcommand("edits", edits, help="show the chain of edits between two texts")
+    return parser
+
+
+def _sections(cfg, names: tuple[str, ...]) -> dict:
+    return {name: SECTIONS[name](**cfg[name].as_dict()) for name in names}
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    command = cfg.command
+    sub = cfg[command]
+    try:
+        if command == "prepare":
+            from secondthought.prepare import run_prepare
+
+            sections = _sections(sub, ("data", "prepare", "ray"))
+            manifest = run_prepare(sections["data"], sections["prepare"], sections["ray"], sub.out,
+                                   overwrite=sub.overwrite, progress=sub.progress)
+            shown = {k: manifest[k] for k in ("rows_in", "rows_out", "rows_quarantined", "chains_out",
+                                              "quarantine_reasons", "seconds", "rows_per_second")}
+            print(json.dumps(shown, indent=2))
+            print(f"wrote {sub.out}/data/, {sub.out}/manifest.json, {sub.out}/quarantine.jsonl")
+        elif command == "edits":
+            from secondthought.edits import compute_edits, decipher, serialize
+
+            chain = compute_edits(sub.source, sub.target, tuple(sub.costs))
+            print(serialize(chain))
+            print(decipher(chain))
+            print(f"cost {chain.cost:g}")
+    except ConfigError as e:
+        print(f"secondthought {command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

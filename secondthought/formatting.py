@@ -1,0 +1,44 @@
+"""The training text the LM learns: ``context <|src|> source <|sep|> chain <|tgt|> target <eos>``.
+
+The prompt is everything up to and including ``<|sep|>``; the model writes the chain of edits,
+then ``<|tgt|>`` and the target. Pure functions: no tokenizer state, no Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from secondthought.edits import EDIT_TOKENS, EditChain, parse
+
+SRC, SEP, TGT = "<|src|>", "<|sep|>", "<|tgt|>"
+FORMAT_TOKENS = (SRC, SEP, TGT)
+SPECIAL_TOKENS = FORMAT_TOKENS + EDIT_TOKENS
+"""Tokens added to the tokenizer as special (never split, never merged with text); reserved in data."""
+
+
+def prompt(context: str, source: str) -> str:
+    return f"{context}{SRC}{source}{SEP}"
+
+
+def completion(chain_text: str, target: str) -> str:
+    """What the model writes after the prompt (the tokenizer's EOS follows it)."""
+    return f"{chain_text}{TGT}{target}"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A model's completion split into its parts."""
+
+    chain_text: str
+    target: str
+
+
+def split_completion(text: str) -> Completion:
+    """Split generated text at ``<|tgt|>``; text without it is all chain and an empty target."""
+    chain_text, _, target = text.partition(TGT)
+    return Completion(chain_text, target)
+
+
+def read_chain(text: str) -> EditChain:
+    """Parse the chain part of a completion (raises ``EditFormatError`` on malformed text)."""
+    return parse(split_completion(text).chain_text)

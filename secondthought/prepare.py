@@ -1,0 +1,259 @@
+"""``secondthought prepare``: raw files -> checked triples -> chains -> token ids -> Parquet, on Ray Data.
+
+read + validate (a custom datasource; bad records become quarantine rows, never errors)
+-> chains for every cost set, training text, token ids (``examples.build``)
+-> Parquet shards under ``out/data/<split>/`` and quarantine parts, written by the tasks.
+The driver only gathers small per-shard summaries into ``manifest.json`` and ``quarantine.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from secondthought import data as datasets
+from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig
+from secondthought.data.records import Chunk, RawRecord
+from secondthought.data.schema import Rejected, Triple
+from secondthought.examples import EXAMPLE_SCHEMA, Encoder, build
+from secondthought.runtime import ray_session
+
+MANIFEST = "manifest.json"
+QUARANTINE = "quarantine.jsonl"
+
+ITEM_SCHEMA = pa.schema([
+    ("id", pa.string()), ("dataset", pa.string()), ("split", pa.string()), ("context", pa.string()),
+    ("source", pa.string()), ("target", pa.string()), ("metadata", pa.string()),
+    ("records", pa.list_(pa.string())), ("raws", pa.list_(pa.string())), ("reason", pa.string()),
+])
+SUMMARY_SCHEMA = pa.schema([
+    ("records_in", pa.int64()), ("records_out", pa.int64()), ("records_quarantined", pa.int64()),
+    ("chains", pa.int64()), ("tokens", pa.int64()), ("reasons", pa.string()), ("n_edits", pa.string()),
+    ("splits", pa.string()),
+])
+
+
+def _record_key(record: RawRecord) -> str:
+    return f"{record.file}:{record.line}"
+
+
+def _items_block(items: list[Triple | Rejected]) -> pa.Table:
+    rows = []
+    for item in items:
+        if isinstance(item, Rejected):
+            rows.append({"records": [f"{item.file}:{item.line}"], "raws": [item.raw], "reason": item.reason})
+        else:
+            rows.append({
+                "id": item.id, "dataset": item.dataset, "split": item.split, "context": item.context,
+                "source": item.source, "target": item.target,
+                "metadata": json.dumps(item.metadata, ensure_ascii=False, default=str),
+                "records": [_record_key(r) for r in item.records], "raws": [r.raw for r in item.records],
+            })
+    return pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)
+
+
+def _read_blocks(chunk: Chunk, cfg: DataConfig, records_per_block: int) -> Iterator[pa.Table]:
+    items: list[Triple | Rejected] = []
+    for item in datasets.triples(chunk, cfg):
+        items.append(item)
+        if len(items) >= records_per_block:
+            yield _items_block(items)
+            items = []
+    if items:
+        yield _items_block(items)
+
+
+def _make_datasource(chunks: list[Chunk], cfg: DataConfig, records_per_block: int):
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    def size(chunk: Chunk) -> int:
+        return (chunk.end - chunk.start) if chunk.end >= 0 else Path(chunk.path).stat().st_size
+
+    class TriplesDatasource(Datasource):
+        def estimate_inmemory_data_size(self) -> int:
+            return sum(size(c) for c in chunks)
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
+            return [
+                ReadTask(
+                    lambda chunk=chunk: _read_blocks(chunk, cfg, records_per_block),
+                    BlockMetadata(num_rows=None, size_bytes=size(chunk), exec_stats=None, input_files=[chunk.path]),
+                    schema=ITEM_SCHEMA,
+                )
+                for chunk in chunks
+            ]
+
+    return TriplesDatasource()
+
+
+@lru_cache(maxsize=2)
+def _encoder(tokenizer_dir: str) -> Encoder:
+    from transformers import AutoTokenizer
+
+    return Encoder(AutoTokenizer.from_pretrained(tokenizer_dir))
+
+
+def _records(row: dict) -> list[RawRecord]:
+    records = []
+    for key, raw in zip(row["records"], row["raws"]):
+        file, _, line = key.rpartition(":")
+        records.append(RawRecord(file, int(line), None, raw))
+    return records
+
+
+def _write_examples(examples: pa.Table, folder: Path, name: str) -> Counter[str]:
+    splits: Counter[str] = Counter()
+    for split in sorted(set(examples["split"].to_pylist())):
+        part = examples.filter(pc.equal(examples["split"], split))
+        (folder / split).mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, folder / split / f"{name}.parquet")
+        splits[split] = len(part)
+    return splits
+
+
+def process_block(batch: pa.Table, cfg: PrepareConfig, tokenizer_dir: str, out: str) -> pa.Table:
+    """Chains, token ids and files for one block of triples; returns the block's summary row.
+
+    File names derive from the block's first input record, so a retried task overwrites its own files.
+    """
+    triples: list[Triple] = []
+    quarantine: list[Rejected] = []
+    for row in batch.to_pylist():
+        records = _records(row)
+        if row["reason"] is not None:
+            quarantine.extend(Rejected.of(r, row["reason"]) for r in records)
+        else:
+            triples.append(Triple(row["id"], row["dataset"], row["context"], row["source"], row["target"],
+                                  records, json.loads(row["metadata"]), row["split"]))
+    examples, too_long = build(triples, cfg.cost_sets, cfg.reverse, _encoder(tokenizer_dir), cfg.max_tokens)
+    quarantine.extend(too_long)
+    keys = [key for keys in batch["records"].to_pylist() for key in keys]
+    name = "part-" + hashlib.blake2b(min(keys).encode(), digest_size=8).hexdigest()
+    splits = _write_examples(examples, Path(out) / "data", name)
+    if quarantine:
+        (Path(out) / "quarantine").mkdir(parents=True, exist_ok=True)
+        with open(Path(out) / "quarantine" / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(item.to_json() + "\n" for item in quarantine)
+    summary = {
+        "records_in": len(keys),
+        "records_out": sum(len(t.records) for t in triples) - len(too_long),
+        "records_quarantined": len(quarantine),
+        "chains": len(examples),
+        "tokens": int(pc.sum(pc.list_value_length(examples["input_ids"])).as_py() or 0),
+        "reasons": json.dumps(Counter(item.reason for item in quarantine)),
+        "n_edits": json.dumps(Counter(examples["n_edits"].to_pylist())),
+        "splits": json.dumps(splits),
+    }
+    return pa.Table.from_pylist([summary], schema=SUMMARY_SCHEMA)
+
+
+def _merge_quarantine(out: Path) -> None:
+    """Join the tasks' quarantine parts into one file, in input order."""
+    parts = sorted((out / "quarantine").glob("*.jsonl")) if (out / "quarantine").is_dir() else []
+    rows = [json.loads(line) for part in parts for line in part.read_text(encoding="utf-8").splitlines()]
+    rows.sort(key=lambda r: (r["file"], r["line"]))
+    with open(out / QUARANTINE, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    shutil.rmtree(out / "quarantine", ignore_errors=True)
+
+
+def _chain_stats(histogram: Counter[int]) -> dict:
+    total = sum(histogram.values())
+    if not total:
+        return {"mean": 0.0, "p50": 0, "p90": 0, "max": 0, "histogram": {}}
+    ordered = sorted(histogram.items())
+
+    def quantile(q: float) -> int:
+        seen = 0
+        for value, count in ordered:
+            seen += count
+            if seen >= q * total:
+                return value
+        return ordered[-1][0]
+
+    return {
+        "mean": round(sum(v * c for v, c in ordered) / total, 3),
+        "p50": quantile(0.5), "p90": quantile(0.9), "max": ordered[-1][0],
+        "histogram": {str(v): c for v, c in ordered},
+    }
+
+
+def is_prepared(out: str | Path) -> bool:
+    return (Path(out) / MANIFEST).is_file()
+
+
+def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, out: str | Path,
+                overwrite: bool = False, progress: bool = True) -> dict:
+    """Run the whole stage into ``out``; returns the manifest (also written to ``out/manifest.json``)."""
+    import ray
+    from tqdm import tqdm
+
+    from secondthought.models import load_tokenizer
+
+    out = Path(out).expanduser().resolve()
+    if out.exists() and any(out.iterdir()):
+        if not overwrite and is_prepared(out):
+            raise ConfigError(f"{out} already holds prepared data: pass --overwrite to replace it")
+        shutil.rmtree(out)  # an unfinished earlier run (no manifest) is redone from the start
+    out.mkdir(parents=True)
+    started = time.time()
+    chunks = datasets.plan(data, prepare.chunk_mb << 20)
+    tokenizer = load_tokenizer(prepare.tokenizer)
+    tokenizer_dir = out / "tokenizer"
+    tokenizer.save_pretrained(tokenizer_dir)
+
+    totals: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    n_edits: Counter[int] = Counter()
+    splits: Counter[str] = Counter()
+    with ray_session(ray_cfg):
+        ds = ray.data.read_datasource(_make_datasource(chunks, data, prepare.records_per_block))
+        ds = ds.map_batches(process_block, batch_size=None, batch_format="pyarrow",
+                            fn_kwargs={"cfg": prepare, "tokenizer_dir": str(tokenizer_dir), "out": str(out)})
+        with tqdm(desc="prepare", unit=" rows", disable=not progress, smoothing=0.1) as bar:
+            for summary in ds.iter_rows():
+                for key in ("records_in", "records_out", "records_quarantined", "chains", "tokens"):
+                    totals[key] += summary[key]
+                reasons.update(json.loads(summary["reasons"]))
+                n_edits.update({int(k): v for k, v in json.loads(summary["n_edits"]).items()})
+                splits.update(json.loads(summary["splits"]))
+                bar.update(summary["records_in"])
+                bar.set_postfix(chains=totals["chains"], quarantined=totals["records_quarantined"])
+    _merge_quarantine(out)
+    elapsed = time.time() - started
+    manifest = {
+        "dataset": data.dataset,
+        "inputs": datasets.input_files(data),
+        "rows_in": totals["records_in"],
+        "rows_out": totals["records_out"],
+        "rows_quarantined": totals["records_quarantined"],
+        "chains_out": totals["chains"],
+        "tokens_out": totals["tokens"],
+        "chains_per_split": dict(sorted(splits.items())),
+        "quarantine_reasons": dict(reasons.most_common()),
+        "chain_length": _chain_stats(n_edits),
+        "cost_sets": [list(c) for c in prepare.cost_sets],
+        "reverse": prepare.reverse,
+        "tokenizer": {"name": prepare.tokenizer, "path": str(tokenizer_dir), "vocab_size": len(tokenizer)},
+        "data_config": asdict(data),
+        "prepare_config": asdict(prepare),
+        "seconds": round(elapsed, 2),
+        "rows_per_second": round(totals["records_in"] / elapsed, 1) if elapsed else None,
+    }
+    if manifest["rows_in"] != manifest["rows_out"] + manifest["rows_quarantined"]:
+        raise RuntimeError(f"prepare lost rows: {manifest['rows_in']} in, {manifest['rows_out']} out, "
+                           f"{manifest['rows_quarantined']} quarantined")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
