@@ -30,7 +30,7 @@ DEFAULT_COSTS: Costs = (1, 1, 1)
 
 _UNIT = re.compile(r"\s*\S+|\s+")
 _MARKER = re.compile(r"<\|(ins|del|rep|with)\|>")
-_POSITION = re.compile(r" (\d+)(?=\s)")
+_POSITION = re.compile(r" (\d+)")
 
 
 class EditError(ValueError):

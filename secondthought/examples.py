@@ -70,7 +70,7 @@ class Encoder:
         self.eos_id = tokenizer.eos_token_id
         self.piecewise = True
         probe = ("Be kind. Tom sees a dog.", " Tom kicks the dog.", "<|rep|> 1 kicks <|with|> pets", "Tom pets the dog.")
-        self.piecewise = self.encode_many([probe])[0] == self._whole(*probe)[0]
+        self.piecewise = self.encode_many([probe])[0] == self._whole(*probe)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []

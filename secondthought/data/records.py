@@ -95,7 +95,7 @@ def _jsonl(chunk: Chunk) -> Iterator[RawRecord]:
         try:
             value = json.loads(text)
         except json.JSONDecodeError as e:
-            yield RawRecord(chunk.path, number, None, _shown(text), f"malformed JSON: {e.msg} at column {e.colno}")
+            yield RawRecord(chunk.path, number, None, _shown(text), f"malformed JSON: {e.msg} (column {e.colno})")
             continue
         if not isinstance(value, dict):
             yield RawRecord(chunk.path, number, None, _shown(text), f"expected a JSON object, got {type(value).__name__}")

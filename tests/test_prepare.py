@@ -1,0 +1,81 @@
+import json
+
+import pyarrow.dataset as pads
+import pytest
+
+from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig
+from secondthought.edits import parse
+from secondthought.examples import Encoder
+from secondthought.formatting import SEP, TGT, completion, prompt
+from secondthought.prepare import run_prepare
+from tests.conftest import shared_file
+from tests.test_data import STORY
+
+
+def read_split(out, split):
+    return pads.dataset(out / "data" / split, format="parquet").to_table().to_pylist()
+
+
+def test_prepare_reconciles_every_row_and_writes_checkable_examples(ray_local, tmp_path, tokenizer):
+    path = tmp_path / "stories.jsonl"
+    good = [{**STORY, "ID": f"g{i}", "moral_action": f"Ann walks around dog number {i}."} for i in range(40)]
+    bad = [b'{"broken', json.dumps({**STORY, "ID": "nomoral", "moral_action": None}).encode(), b"\xff\xfe"]
+    path.write_bytes(b"\n".join([json.dumps(r).encode() for r in good[:20]] + bad
+                                + [json.dumps(r).encode() for r in good[20:]]) + b"\n")
+    out = tmp_path / "prepared"
+    manifest = run_prepare(DataConfig(dataset="moral-stories", input=[str(path)], eval_fraction=0.2, test_fraction=0.2),
+                           PrepareConfig(records_per_block=8, reverse=True), RayConfig(), out, progress=False)
+    assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"]) == (43, 40, 3)
+    assert manifest["quarantine_reasons"] == {"missing field 'moral_action'": 1, "undecodable bytes (not UTF-8) at byte 0": 1,
+                                              "malformed JSON: Unterminated string starting at (column 2)": 1}
+    quarantine = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert [q["line"] for q in quarantine] == [21, 22, 23]
+
+    rows = [row for split in ("train", "eval", "test") for row in read_split(out, split)]
+    assert len(rows) == manifest["chains_out"] == sum(manifest["chains_per_split"].values())
+    assert {r["id"] for r in rows} == {g["ID"] for g in good}
+    assert {r["direction"] for r in rows} == {"forward", "reverse"}
+    assert sum(manifest["chain_length"]["histogram"].values()) == len(rows)
+    for row in rows:
+        assert parse(row["chain"]).apply(row["source"]) == row["target"]
+        text = tokenizer.decode(row["input_ids"])
+        assert text == prompt(row["context"], row["source"]) + completion(row["chain"], row["target"]) + tokenizer.eos_token
+        assert tokenizer.decode(row["input_ids"][: row["prompt_len"]]).endswith(SEP)
+    splits_of_id = {}
+    for split in ("train", "eval", "test"):
+        for row in read_split(out, split):
+            splits_of_id.setdefault(row["id"], set()).add(split)
+    assert all(len(s) == 1 for s in splits_of_id.values())
+
+    with pytest.raises(ConfigError, match="--overwrite"):
+        run_prepare(DataConfig(dataset="moral-stories", input=[str(path)]), PrepareConfig(), RayConfig(), out)
+
+
+def test_prepare_real_moral_stories_and_too_long_rows(ray_local, tmp_path):
+    out = tmp_path / "ms"
+    manifest = run_prepare(DataConfig(dataset="moral-stories", input=[str(shared_file("moral_stories", "dev.jsonl"))]),
+                           PrepareConfig(max_tokens=128), RayConfig(), out, progress=False)
+    assert manifest["rows_in"] == 1000
+    assert manifest["rows_out"] + manifest["rows_quarantined"] == 1000
+    assert manifest["rows_quarantined"] > 0
+    assert all(r.startswith("too long:") and r.endswith("> max_tokens 128") for r in manifest["quarantine_reasons"])
+    assert manifest["rows_out"] > 500
+    assert manifest["chains_out"] >= manifest["rows_out"]
+    lines = (out / "quarantine.jsonl").read_text().splitlines()
+    assert len(lines) == manifest["rows_quarantined"]
+
+
+def test_piecewise_encoding_equals_whole_text(tokenizer):
+    encoder = Encoder(tokenizer)
+    assert encoder.piecewise
+    with open(shared_file("moral_stories", "dev.jsonl")) as f:
+        rows = [json.loads(line) for line, _ in zip(f, range(50))]
+    from secondthought.edits import compute_edits, serialize
+
+    items = [(r["norm"], r["immoral_action"], serialize(compute_edits(r["immoral_action"], r["moral_action"])),
+              r["moral_action"]) for r in rows]
+    encoder.piecewise = False
+    whole = encoder.encode_many(items)
+    encoder.piecewise = True
+    assert encoder.encode_many(items) == whole
+    assert TGT in tokenizer.convert_ids_to_tokens(whole[0][0])
