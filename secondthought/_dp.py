@@ -11,11 +11,11 @@ import numba
 import numpy as np
 
 _KEEP, _REPLACE, _DELETE, _INSERT = 0, 1, 2, 3
-_TAGS = {_REPLACE: "replace", _DELETE: "delete", _INSERT: "insert"}
+_TAGS = ("keep", "replace", "delete", "insert")
 
 
 @numba.njit(cache=True, nogil=True)
-def _table(a, b, ins, dele, rep):
+def _editops(a, b, ins, dele, rep):
     n, m = a.shape[0], b.shape[0]
     dist = np.empty((n + 1, m + 1), dtype=np.float64)
     for j in range(m + 1):
@@ -29,13 +29,9 @@ def _table(a, b, ins, dele, rep):
             left = dist[i, j - 1] + ins
             best = diag if diag <= up else up
             dist[i, j] = best if best <= left else left
-    return dist
 
-
-@numba.njit(cache=True, nogil=True)
-def _backtrace(dist, a, b, ins, dele, rep):
-    i, j = a.shape[0], b.shape[0]
-    out = np.empty((i + j, 3), dtype=np.int64)
+    i, j = n, m
+    out = np.empty((n + m, 3), dtype=np.int64)
     k = 0
     eps = 1e-9
     while i > 0 or j > 0:
@@ -61,9 +57,6 @@ def _backtrace(dist, a, b, ins, dele, rep):
 
 
 def weighted_editops(a: list[int], b: list[int], ins: float, dele: float, rep: float) -> list[tuple[str, int, int]]:
-    """Minimum-cost (tag, source index, target index) operations, in rapidfuzz's convention."""
-    aa = np.asarray(a, dtype=np.int64)
-    bb = np.asarray(b, dtype=np.int64)
-    dist = _table(aa, bb, float(ins), float(dele), float(rep))
-    ops = _backtrace(dist, aa, bb, float(ins), float(dele), float(rep))
-    return [(_TAGS[int(t)], int(i), int(j)) for t, i, j in ops]
+    """Minimum-cost (tag, source index, target index) operations in path order, as rapidfuzz lists them."""
+    ops = _editops(np.array(a, dtype=np.int64), np.array(b, dtype=np.int64), float(ins), float(dele), float(rep))
+    return [(_TAGS[t], i, j) for t, i, j in ops.tolist()]

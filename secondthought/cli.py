@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
@@ -55,6 +56,7 @@ def _sections(cfg, names: tuple[str, ...]) -> dict:
 
 
 def run(argv: list[str] | None = None) -> int:
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the stages show their own progress
     parser = build_parser()
     cfg = parser.parse_args(argv)
     command = cfg.command

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 
 class ConfigError(ValueError):
@@ -22,8 +22,8 @@ class DataConfig:
     dataset: str = "sample"
     """Adapter: sample, moral-stories, ethics-commonsense, ethics-deontology, ethics-justice,
     ethics-utilitarianism, mic, or generic (any jsonl/csv/parquet with --data.columns)."""
-    input: list[str] = field(default_factory=list)
-    """Input files or glob patterns; empty means the bundled sample."""
+    input: Union[str, list[str]] = field(default_factory=list)
+    """Input file or glob pattern (or a list of them, e.g. '[a.jsonl, b.jsonl]'); empty means the bundled sample."""
     format: Optional[str] = None
     """Raw format for the generic adapter: jsonl, csv, tsv or parquet (default: from the file name)."""
     columns: dict[str, str] = field(default_factory=dict)
@@ -39,6 +39,8 @@ class DataConfig:
     """Share of triples put in the test split."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.input, str):
+            self.input = [self.input] if self.input else []
         if self.max_chars < 1:
             raise ConfigError(f"--data.max_chars must be at least 1, got {self.max_chars}")
         for name in ("eval_fraction", "test_fraction"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterable, Literal, Sequence
 
 from rapidfuzz.distance import Indel, Levenshtein
@@ -125,6 +126,11 @@ class EditChain:
 
 def check_costs(costs: Sequence[float]) -> Costs:
     """Validate one (insert, delete, replace) cost set."""
+    return _checked(tuple(costs))
+
+
+@lru_cache(maxsize=64)
+def _checked(costs: tuple) -> Costs:
     if len(costs) != 3:
         raise ValueError(f"a cost set has 3 numbers (insert, delete, replace), got {tuple(costs)!r}")
     if not all(isinstance(c, (int, float)) and math.isfinite(c) and c > 0 for c in costs):
@@ -142,9 +148,9 @@ def _aligned_ops(src: list[str], tgt: list[str], costs: Costs) -> list[tuple[str
     ins, dele, rep = costs
     ratio = rep / ((ins + dele) / 2)
     if math.isclose(ratio, 1.0):
-        return [tuple(op) for op in Levenshtein.editops(src, tgt)]
+        return Levenshtein.editops(src, tgt).as_list()
     if ratio >= 2.0:
-        return [tuple(op) for op in Indel.editops(src, tgt)]
+        return Indel.editops(src, tgt).as_list()
     from secondthought._dp import weighted_editops
 
     vocab: dict[str, int] = {}
@@ -153,7 +159,37 @@ def _aligned_ops(src: list[str], tgt: list[str], costs: Costs) -> list[tuple[str
     return weighted_editops(a, b, ins, dele, rep)
 
 
-_TAG = {"insert": "ins", "delete": "del", "replace": "rep"}
+def _chain(src: list[str], tgt: list[str], costs: Costs) -> EditChain:
+    """Merge the unit operations of one alignment into edits; runs of one kind become one span."""
+    edits: list[Edit] = []
+    op = ""
+    pos = last_i = last_j = -2
+    old: list[str] = []
+    new: list[str] = []
+    # rapidfuzz and the DP list operations along the alignment path, so positions never go back
+    # and an insertion at position p comes before a deletion or replacement of word p.
+    for tag, i, j in _aligned_ops(src, tgt, costs):
+        if tag == "insert":
+            extends = op == "ins" and i == last_i and j == last_j + 1
+            kind = "ins"
+        elif tag == "delete":
+            extends = op == "del" and i == last_i + 1
+            kind = "del"
+        else:
+            extends = op == "rep" and i == last_i + 1 and j == last_j + 1
+            kind = "rep"
+        if not extends:
+            if op:
+                edits.append(Edit(op, pos, "".join(old), "".join(new)))
+            op, pos, old, new = kind, i, [], []
+        if kind != "ins":
+            old.append(src[i])
+        if kind != "del":
+            new.append(tgt[j])
+        last_i, last_j = i, j
+    if op:
+        edits.append(Edit(op, pos, "".join(old), "".join(new)))
+    return EditChain(tuple(edits), costs)
 
 
 def compute_edits(source: str, target: str, costs: Sequence[float] = DEFAULT_COSTS) -> EditChain:
@@ -161,36 +197,16 @@ def compute_edits(source: str, target: str, costs: Sequence[float] = DEFAULT_COS
 
     ``costs`` is (insert, delete, replace) per word. Runs of edits of one kind become spans.
     """
-    costs = check_costs(costs)
-    src, tgt = split_units(source), split_units(target)
-    ops = sorted(_aligned_ops(src, tgt, costs), key=lambda o: (o[1], o[0] != "insert", o[2]))
-    edits: list[Edit] = []
-    last = ("", -2, -2)
-    for tag, i, j in ops:
-        op = _TAG[tag]
-        old = src[i] if op != "ins" else ""
-        new = tgt[j] if op != "del" else ""
-        last_op, last_i, last_j = last
-        extends = op == last_op and {
-            "ins": i == last_i and j == last_j + 1,
-            "del": i == last_i + 1,
-            "rep": i == last_i + 1 and j == last_j + 1,
-        }[op]
-        if extends:
-            prev = edits[-1]
-            edits[-1] = Edit(op, prev.pos, prev.old + old, prev.new + new)
-        else:
-            edits.append(Edit(op, i, old, new))
-        last = (op, i, j)
-    return EditChain(tuple(edits), costs)
+    return _chain(split_units(source), split_units(target), check_costs(costs))
 
 
 def augment(source: str, target: str, cost_sets: Iterable[Sequence[float]]) -> list[EditChain]:
     """One chain per cost set, identical chains kept once (first cost set wins)."""
+    src, tgt = split_units(source), split_units(target)
     chains: list[EditChain] = []
     seen: set[tuple[Edit, ...]] = set()
     for costs in cost_sets:
-        chain = compute_edits(source, target, costs)
+        chain = _chain(src, tgt, check_costs(costs))
         if chain.edits not in seen:
             seen.add(chain.edits)
             chains.append(chain)

@@ -5,14 +5,15 @@ Pure (no Ray): the prepare stage runs :func:`build` on each block of triples.
 
 from __future__ import annotations
 
-import json
+import re
+from itertools import chain as chain_all
 from dataclasses import dataclass
 from typing import Sequence
 
 import pyarrow as pa
 
 from secondthought.data.schema import Rejected, Triple
-from secondthought.edits import Costs, EditChain, augment, serialize
+from secondthought.edits import DEL, INS, REP, WITH, Costs, EditChain, augment, serialize
 from secondthought.formatting import SEP, SRC, TGT, completion, prompt
 
 EXAMPLE_SCHEMA = pa.schema([
@@ -32,6 +33,10 @@ EXAMPLE_SCHEMA = pa.schema([
     ("metadata", pa.string()),
 ])
 
+_PLAIN = re.compile(r"\S+(?: \S+)*")
+_UNIT = re.compile(r"\s*\S+|\s+")
+_CACHE_LIMIT = 1_000_000
+
 
 @dataclass(frozen=True)
 class Example:
@@ -40,7 +45,6 @@ class Example:
     source: str
     target: str
     chain: EditChain
-    chain_text: str
 
 
 def chains_of(triple: Triple, cost_sets: Sequence[Costs], reverse: bool) -> list[Example]:
@@ -48,48 +52,97 @@ def chains_of(triple: Triple, cost_sets: Sequence[Costs], reverse: bool) -> list
     if reverse:
         pairs.append(("reverse", triple.target, triple.source))
     return [
-        Example(triple, direction, source, target, chain, serialize(chain))
+        Example(triple, direction, source, target, chain)
         for direction, source, target in pairs
         for chain in augment(source, target, cost_sets)
     ]
 
 
 class Encoder:
-    """Token ids of ``prompt + completion + eos``, tokenizing each distinct piece once.
+    """Token ids of ``prompt + completion + eos`` for a batch of examples, fast.
 
-    Special tokens split the text before any other tokenization, so encoding context, source,
-    chain and target separately and joining them with the special tokens' ids gives the same
-    ids as encoding the whole text. That is checked once on a probe; a tokenizer for which it
-    does not hold gets the whole text encoded instead.
+    Byte-level BPE tokenizers split text at special tokens and then into pre-tokens that never
+    cross a space-before-word boundary. So for plain texts (single spaces, no leading or trailing
+    whitespace) the ids of the whole training text are the ids of its words (with the space
+    before them) and of the chain's markers and positions, joined. Each distinct word is
+    tokenized once and cached, which is several times faster than tokenizing every text. A
+    probe checks that this holds for
+    the tokenizer at hand; texts with unusual whitespace, and tokenizers that fail the probe,
+    get the whole text tokenized instead.
     """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        ids = tokenizer.convert_tokens_to_ids([SRC, SEP, TGT])
-        self.src_id, self.sep_id, self.tgt_id = ids
+        self.backend = tokenizer.backend_tokenizer
         self.eos_id = tokenizer.eos_token_id
-        self.piecewise = True
-        probe = ("Be kind. Tom sees a dog.", " Tom kicks the dog.", "<|rep|> 1 kicks <|with|> pets", "Tom pets the dog.")
-        self.piecewise = self.encode_many([probe])[0] == self._whole(*probe)
+        self.special = dict(zip((SRC, SEP, TGT, INS, DEL, REP, WITH),
+                                tokenizer.convert_tokens_to_ids([SRC, SEP, TGT, INS, DEL, REP, WITH])))
+        self.cache: dict[str, list[int]] = {}
+        self.by_pieces = True
+        probe = [
+            ("Be kind. Tom sees a dog.", "Tom kicks the dog, don't he?", "Tom pets the dog 3 times."),
+            ("", "I'm 12.5% sure: it's (very) good!", "Ok... I  agree\u00e9 \u65e5\u672c 42"),
+        ]
+        examples = [(c, s, t, augment(s, t, [(1, 1, 1)])[0]) for c, s, t in probe]
+        self.by_pieces = self.encode_many(examples) == [self.whole(*e) for e in examples]
 
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch_fast(texts, add_special_tokens=False)] if texts else []
 
-    def _whole(self, context: str, source: str, chain_text: str, target: str) -> tuple[list[int], int]:
-        head = self._encode([prompt(context, source)])[0]
-        ids = self._encode([prompt(context, source) + completion(chain_text, target)])[0]
-        return ids + [self.eos_id], len(head)
+    def whole(self, context: str, source: str, target: str, chain: EditChain) -> tuple[list[int], int]:
+        head = prompt(context, source)
+        head_ids, ids = self._ids([head, head + completion(serialize(chain), target)])
+        return ids + [self.eos_id], len(head_ids)
 
-    def encode_many(self, items: list[tuple[str, str, str, str]]) -> list[tuple[list[int], int]]:
-        """(input_ids, prompt_len) for each (context, source, chain_text, target)."""
-        if not self.piecewise:
-            return [self._whole(*item) for item in items]
-        distinct = list(dict.fromkeys(text for item in items for text in item))
-        ids = dict(zip(distinct, self._encode(distinct)))
+    def _chain_layout(self, chain: EditChain) -> list[str | int]:
+        """The serialized chain as text pieces and special-token ids (ints)."""
+        out: list[str | int] = []
+        for k, edit in enumerate(chain.edits):
+            if k:
+                out.append(" ")
+            if edit.op == "rep":
+                out += (self.special[REP], f" {edit.pos}", edit.old, " ", self.special[WITH], edit.new)
+            elif edit.op == "ins":
+                out += (self.special[INS], f" {edit.pos}", edit.new)
+            else:
+                out += (self.special[DEL], f" {edit.pos}", edit.old)
+        return out
+
+    def encode_many(self, examples: list[tuple[str, str, str, EditChain]]) -> list[tuple[list[int], int]]:
+        """(input_ids, prompt_len) for each (context, source, target, chain)."""
+        plain: dict[str, bool] = {}
+        for context, source, target, _ in examples:
+            for text in (context, source, target):
+                if text not in plain:
+                    plain[text] = self.by_pieces and (not text and text is context or bool(_PLAIN.fullmatch(text)))
+        fast = [plain[c] and plain[s] and plain[t] for c, s, t, _ in examples]
+        layouts = [self._chain_layout(chain) if ok else None for (_, _, _, chain), ok in zip(examples, fast)]
+        if len(self.cache) > _CACHE_LIMIT:
+            self.cache.clear()
+        cache = self.cache
+        strings = {p for layout in layouts if layout for p in layout if type(p) is str} | plain.keys()
+        units = {text: _UNIT.findall(text) for text in strings}
+        missing = list(set(chain_all.from_iterable(units.values())) - cache.keys())
+        cache.update(zip(missing, self._ids(missing)))
+        lookup = cache.__getitem__
+        found = {text: list(chain_all.from_iterable(map(lookup, us))) for text, us in units.items()}
+        src, sep, tgt, eos = self.special[SRC], self.special[SEP], self.special[TGT], self.eos_id
         out = []
-        for context, source, chain_text, target in items:
-            head = ids[context] + [self.src_id] + ids[source] + [self.sep_id]
-            out.append((head + ids[chain_text] + [self.tgt_id] + ids[target] + [self.eos_id], len(head)))
+        for (context, source, target, chain), layout in zip(examples, layouts):
+            if layout is None:
+                out.append(self.whole(context, source, target, chain))
+                continue
+            ids = found[context] + [src] + found[source] + [sep]
+            prompt_len = len(ids)
+            for piece in layout:
+                if type(piece) is str:
+                    ids += found[piece]
+                else:
+                    ids.append(piece)
+            ids.append(tgt)
+            ids += found[target]
+            ids.append(eos)
+            out.append((ids, prompt_len))
         return out
 
 
@@ -97,14 +150,13 @@ def build(triples: list[Triple], cost_sets: Sequence[Costs], reverse: bool, enco
           max_tokens: int) -> tuple[pa.Table, list[Rejected]]:
     """Example rows (one per distinct chain) for the triples, and the triples rejected here."""
     examples = [ex for triple in triples for ex in chains_of(triple, cost_sets, reverse)]
-    encoded = encoder.encode_many([(ex.triple.context, ex.source, ex.chain_text, ex.target) for ex in examples])
+    encoded = encoder.encode_many([(ex.triple.context, ex.source, ex.target, ex.chain) for ex in examples])
     too_long = {id(ex.triple): len(ids) for ex, (ids, _) in zip(examples, encoded) if len(ids) > max_tokens}
     rejected = [
         Rejected.of(record, f"too long: {too_long[id(triple)]} tokens > max_tokens {max_tokens}")
         for triple in triples if id(triple) in too_long for record in triple.records
     ]
     kept = [(ex, enc) for ex, enc in zip(examples, encoded) if id(ex.triple) not in too_long]
-    metadata = {id(t): json.dumps(t.metadata, ensure_ascii=False, default=str) for t in triples}
     columns = {
         "id": [ex.triple.id for ex, _ in kept],
         "dataset": [ex.triple.dataset for ex, _ in kept],
@@ -113,12 +165,12 @@ def build(triples: list[Triple], cost_sets: Sequence[Costs], reverse: bool, enco
         "context": [ex.triple.context for ex, _ in kept],
         "source": [ex.source for ex, _ in kept],
         "target": [ex.target for ex, _ in kept],
-        "costs": [list(ex.chain.costs) for ex, _ in kept],
-        "chain": [ex.chain_text for ex, _ in kept],
+        "costs": [ex.chain.costs for ex, _ in kept],
+        "chain": [serialize(ex.chain) for ex, _ in kept],
         "n_edits": [len(ex.chain) for ex, _ in kept],
         "prompt_len": [prompt_len for _, (_, prompt_len) in kept],
         "input_ids": [ids for _, (ids, _) in kept],
         "records": [[f"{r.file}:{r.line}" for r in ex.triple.records] for ex, _ in kept],
-        "metadata": [metadata[id(ex.triple)] for ex, _ in kept],
+        "metadata": [ex.triple.metadata for ex, _ in kept],
     }
     return pa.table(columns, schema=EXAMPLE_SCHEMA), rejected

@@ -4,7 +4,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig
-from secondthought.edits import parse
+from secondthought.edits import augment, parse
 from secondthought.examples import Encoder
 from secondthought.formatting import SEP, TGT, completion, prompt
 from secondthought.prepare import run_prepare
@@ -65,17 +65,15 @@ def test_prepare_real_moral_stories_and_too_long_rows(ray_local, tmp_path):
     assert len(lines) == manifest["rows_quarantined"]
 
 
-def test_piecewise_encoding_equals_whole_text(tokenizer):
+def test_fast_encoding_equals_tokenizing_the_whole_text(tokenizer):
     encoder = Encoder(tokenizer)
-    assert encoder.piecewise
+    assert encoder.by_pieces
     with open(shared_file("moral_stories", "dev.jsonl")) as f:
-        rows = [json.loads(line) for line, _ in zip(f, range(50))]
-    from secondthought.edits import compute_edits, serialize
-
-    items = [(r["norm"], r["immoral_action"], serialize(compute_edits(r["immoral_action"], r["moral_action"])),
-              r["moral_action"]) for r in rows]
-    encoder.piecewise = False
-    whole = encoder.encode_many(items)
-    encoder.piecewise = True
-    assert encoder.encode_many(items) == whole
-    assert TGT in tokenizer.convert_ids_to_tokens(whole[0][0])
+        rows = [json.loads(line) for line in f]
+    rows.append({"norm": "", "immoral_action": "  odd\twhite  space ", "moral_action": "odd white\nspace"})
+    items = [(r["norm"], source, target, chain)
+             for r in rows
+             for source, target in [(r["immoral_action"], r["moral_action"]), (r["moral_action"], r["immoral_action"])]
+             for chain in augment(source, target, [(1, 1, 1), (1, 1, 2), (1, 1, 1.5)])]
+    assert encoder.encode_many(items) == [encoder.whole(*item) for item in items]
+    assert TGT in tokenizer.convert_ids_to_tokens(encoder.whole(*items[0])[0])

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -41,7 +42,7 @@ def _triple(subset: str, source: RawRecord, target: RawRecord, source_text: str,
         source=source_text.strip(),
         target=target_text.strip(),
         records=[source, target] if source is not target else [source],
-        metadata={"unaligned": source.fields, "aligned": target.fields},
+        metadata=json.dumps({"unaligned": source.fields, "aligned": target.fields}, ensure_ascii=False),
     )
 
 

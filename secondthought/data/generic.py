@@ -36,4 +36,4 @@ def adapt(records: Iterator[RawRecord], cfg: DataConfig) -> Iterator[Triple | Re
             yield Rejected.of(record, str(e))
             continue
         yield Triple(record_id, "generic", context, source.strip(), target.strip(), [record],
-                     record.fields or {}, normalize_split(split))
+                     record.as_json(), normalize_split(split))

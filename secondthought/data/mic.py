@@ -6,6 +6,7 @@ For one question and rule of thumb (RoT), a chatbot answer that disagrees with t
 
 from __future__ import annotations
 
+import json
 from typing import Iterator
 
 from secondthought.config import DataConfig
@@ -42,7 +43,7 @@ def adapt(records: Iterator[RawRecord], cfg: DataConfig) -> Iterator[Triple | Re
             source=fields["A"].strip(),
             target=good.fields["A"].strip(),
             records=[bad, good],
-            metadata={"unaligned": fields, "aligned": good.fields},
+            metadata=json.dumps({"unaligned": fields, "aligned": good.fields}, ensure_ascii=False),
             split=normalize_split(fields.get("split")),
         )
 

@@ -33,6 +33,6 @@ def adapt(records: Iterator[RawRecord], cfg: DataConfig, dataset: str = "moral-s
             source=immoral.strip(),
             target=moral.strip(),
             records=[record],
-            metadata=record.fields or {},
+            metadata=record.as_json(),
             split=normalize_split(record.fields.get("split") if record.fields else None),
         )

@@ -28,6 +28,11 @@ class RawRecord:
     raw: str
     """The record's text as read, shortened, for the quarantine report."""
     error: str | None = None
+    json_text: str | None = None
+    """The whole record as a JSON object, when it was read as one (JSONL)."""
+
+    def as_json(self) -> str:
+        return self.json_text if self.json_text is not None else json.dumps(self.fields, ensure_ascii=False, default=str)
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class Chunk:
     end: int = -1
     first_line: int = 1
     header: bool = True
+    lines: int | None = None
+    """Lines in the chunk (JSONL only): a bound for the progress bar."""
 
 
 def format_of(path: str) -> str:
@@ -67,9 +74,10 @@ def plan_chunks(paths: list[str], fmt: str | None, chunk_bytes: int, header: boo
                     break
                 if not data.endswith(b"\n"):
                     data += f.readline()
-                chunks.append(Chunk(path, kind, start, start + len(data), line))
+                count = data.count(b"\n") + (not data.endswith(b"\n"))
+                chunks.append(Chunk(path, kind, start, start + len(data), line, lines=count))
                 start += len(data)
-                line += data.count(b"\n")
+                line += count
     return chunks
 
 
@@ -100,7 +108,7 @@ def _jsonl(chunk: Chunk) -> Iterator[RawRecord]:
         if not isinstance(value, dict):
             yield RawRecord(chunk.path, number, None, _shown(text), f"expected a JSON object, got {type(value).__name__}")
             continue
-        yield RawRecord(chunk.path, number, value, _shown(text))
+        yield RawRecord(chunk.path, number, value, _shown(text), json_text=text)
 
 
 def _delimited(chunk: Chunk) -> Iterator[RawRecord]:

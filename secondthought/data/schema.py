@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 from secondthought.data.records import RawRecord
 from secondthought.formatting import SPECIAL_TOKENS
@@ -25,7 +25,8 @@ class Triple:
     source: str
     target: str
     records: list[RawRecord]
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: str = "{}"
+    """The original fields, as a JSON object."""
     split: str | None = None
 
 
