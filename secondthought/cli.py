@@ -8,11 +8,11 @@ import sys
 
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig
+from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig, SFTConfig
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
-SECTIONS = {"data": DataConfig, "prepare": PrepareConfig, "ray": RayConfig}
+SECTIONS = {"data": DataConfig, "prepare": PrepareConfig, "sft": SFTConfig, "ray": RayConfig}
 
 
 def _stage_parser(description: str, sections: tuple[str, ...]) -> ArgumentParser:
@@ -41,6 +41,19 @@ def build_parser() -> ArgumentParser:
     prepare.add_argument("--overwrite", type=bool, default=False, help="replace an earlier prepared output")
     prepare.add_argument("--progress", type=bool, default=True, help="show a progress bar")
     commands.add_subcommand("prepare", prepare, help="dataset -> chains of edits -> token ids (Ray Data)")
+
+    sft = _stage_parser(
+        "Fine-tune the LM on prepared chains of edits (forward direction) with Ray Train and DeepSpeed: "
+        "N workers, ZeRO 0-3, eval every K steps, early stopping, checkpoints (--resume continues the latest; "
+        "a worker that dies is restarted from it). Writes out/model (best by eval loss, Hugging Face "
+        "safetensors), out/metrics.jsonl, out/tensorboard, out/loss.png, out/summary.json.",
+        ("sft", "ray"),
+    )
+    sft.add_argument("--prepared", required=True, help="output directory of `secondthought prepare`")
+    sft.add_argument("--out", required=True, help="output directory")
+    sft.add_argument("--resume", type=bool, default=False, help="continue an unfinished run from its latest checkpoint")
+    sft.add_argument("--overwrite", type=bool, default=False, help="replace an earlier run in --out")
+    commands.add_subcommand("sft", sft, help="fine-tune on chains of edits (Ray Train + DeepSpeed)")
 
     edits = ArgumentParser(description="Show the chain of edits from SOURCE to TARGET: serialized and in plain English.")
     edits.add_argument("source", help="the unaligned text")
@@ -72,6 +85,13 @@ def run(argv: list[str] | None = None) -> int:
                                               "quarantine_reasons", "seconds", "rows_per_second")}
             print(json.dumps(shown, indent=2))
             print(f"wrote {sub.out}/data/, {sub.out}/manifest.json, {sub.out}/quarantine.jsonl")
+        elif command == "sft":
+            from secondthought.sft import run_sft
+
+            sections = _sections(sub, ("sft", "ray"))
+            summary = run_sft(sub.prepared, sections["sft"], sections["ray"], sub.out, resume=sub.resume,
+                              overwrite=sub.overwrite)
+            print(json.dumps(summary, indent=2))
         elif command == "edits":
             from secondthought.edits import compute_edits, decipher, serialize
 

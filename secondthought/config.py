@@ -84,6 +84,101 @@ class PrepareConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised fine-tuning on chains of edits (Ray Train + DeepSpeed)."""
+
+    model: str = "smollm2"
+    """Base LM: "smollm2" (embedded SmolLM2-135M-Instruct), "tiny-llama" (random, for tests), a local folder,
+    or a hub id on machines with network."""
+    trust_remote_code: bool = False
+    """Allow model code from the model's folder or hub repo (only for models you trust)."""
+    epochs: int = 3
+    """Passes over the training split (the paper: 3)."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps (default: all epochs)."""
+    micro_batch_size: int = 8
+    """Sequences per worker per forward pass."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 5e-5
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio."""
+    warmup_fraction: float = 0.03
+    """Share of the steps with linear warmup."""
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0: off)."""
+    mask_prompt: bool = True
+    """Loss on chain + target only; False also trains on context + source."""
+    bucket_window: int = 64
+    """Length bucketing: sort this many micro-batches' worth of rows by length before batching."""
+    eval_every: int = 50
+    """Evaluate (and checkpoint) every this many optimizer steps, and at the end."""
+    patience: int = 5
+    """Stop when eval loss has not improved for this many evaluations (the paper: 5; 0: never)."""
+    max_eval_rows: Optional[int] = None
+    """Evaluate on at most this many eval rows (default: all)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage 0-3."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload: optimizer state and step on the CPU."""
+    offload_params: bool = False
+    """ZeRO-3 parameter offload to the CPU."""
+    precision: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."""
+    gradient_checkpointing: bool = False
+    num_workers: int = 2
+    """Ray Train workers (one per GPU with --sft.use_gpu)."""
+    use_gpu: bool = False
+    cpus_per_worker: Optional[float] = None
+    """CPUs Ray reserves per worker (default: 1, less on a small machine so that one CPU stays free to
+    read data)."""
+    max_failures: int = 2
+    """Restart the workers from the last checkpoint this many times when one dies."""
+    seed: int = 0
+    log_every: int = 1
+    """Print a progress line every this many steps."""
+    peak_tflops: Optional[float] = None
+    """Accelerator peak TFLOP/s for the MFU estimate (default: from the GPU name)."""
+    tracking: str = "tensorboard"
+    """tensorboard, mlflow or wandb (the latter two need their packages and usual environment)."""
+    fault_injection_step: Optional[int] = None
+    """Testing fault tolerance: worker 1 exits abruptly, once, when it reaches this step."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1, "micro_batch_size": self.micro_batch_size >= 1,
+            "grad_accum": self.grad_accum >= 1, "lr": self.lr > 0, "eval_every": self.eval_every >= 1,
+            "patience": self.patience >= 0, "num_workers": self.num_workers >= 1,
+            "bucket_window": self.bucket_window >= 1, "max_failures": self.max_failures >= 0,
+            "log_every": self.log_every >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"--sft.{name} is out of range: {getattr(self, name)}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"--sft.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"--sft.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"--sft.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError("--sft.offload_params needs --sft.zero_stage 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("--sft.offload_optimizer needs --sft.zero_stage 1, 2 or 3")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"--sft.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.tracking not in ("tensorboard", "mlflow", "wandb"):
+            raise ConfigError(f"--sft.tracking must be tensorboard, mlflow or wandb, got {self.tracking!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"--sft.max_steps must be at least 1, got {self.max_steps}")
+
+    def bf16(self) -> bool:
+        return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
+
+
+@dataclass
 class RayConfig:
     """Where the Ray stages run."""
 

@@ -82,3 +82,76 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+TINY_MODELS = {
+    "tiny-llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True),
+}
+"""Random-initialised Llama-shaped models for tests: built from a config in seconds."""
+
+
+def _embedded_model_dir() -> Path:
+    """SmolLM2-135M-Instruct dequantized from the GGUF file into a safetensors folder, once."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM
+
+    gguf = smollm2_gguf()
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = quantized.config
+    del config.quantization_config  # the weights below are plain float tensors
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict(), strict=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(tmp)
+    else:
+        tmp.replace(target)
+    return target
+
+
+def build_base_model(name: str, tokenizer, dest: Path, trust_remote_code: bool = False, seed: int = 0) -> Path:
+    """Write the model to train into ``dest`` (safetensors, with the tokenizer), embeddings sized to it.
+
+    ``name``: "smollm2" (embedded), a key of TINY_MODELS, a local folder, or a hub id.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if name in TINY_MODELS:
+        torch.manual_seed(seed)
+        config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                             **TINY_MODELS[name])
+        model = LlamaForCausalLM(config)
+    else:
+        source = _embedded_model_dir() if name == EMBEDDED_LM else name
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=torch.float32,
+                                                         trust_remote_code=trust_remote_code)
+        except OSError as e:
+            raise ModelNotFound(
+                f"cannot load a model from {name!r}: give a local folder with safetensors weights, "
+                f"'{EMBEDDED_LM}', one of {sorted(TINY_MODELS)}, or a hub id on a machine with network ({e})"
+            ) from None
+        if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def load_model(path: str | Path, dtype=None, trust_remote_code: bool = False):
+    """A causal LM from a folder of safetensors weights."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype,
+                                                trust_remote_code=trust_remote_code)

@@ -1,0 +1,180 @@
+"""``secondthought sft``: fine-tune the LM on prepared chains of edits with Ray Train and DeepSpeed.
+
+Reads ``prepared/data/{train,eval}`` (forward chains only), trains with N workers, and writes to
+``out/``: ``model/`` (the best checkpoint by eval loss, Hugging Face format, safetensors),
+``metrics.jsonl``, ``tensorboard/``, ``loss.png``, ``summary.json``, and Ray Train's checkpoints
+under ``ray/`` (``--resume`` continues from the latest of them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from secondthought.batching import micro_batches_per_epoch
+from secondthought.config import ConfigError, RayConfig, SFTConfig
+from secondthought.prepare import MANIFEST
+from secondthought.runtime import ray_session
+
+RUN_NAME = "sft"
+SUMMARY = "summary.json"
+
+
+def _count(path: Path) -> int:
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    if not path.is_dir():
+        return 0
+    table = pads.dataset(path, format="parquet").to_table(columns=["direction"])
+    return int(pc.sum(pc.equal(table["direction"], "forward")).as_py() or 0)
+
+
+def _dataset(path: Path, limit: int | None = None):
+    import ray.data
+    from ray.data.expressions import col
+
+    ds = ray.data.read_parquet(str(path), columns=["input_ids", "prompt_len", "direction"])
+    ds = ds.filter(expr=col("direction") == "forward").select_columns(["input_ids", "prompt_len"])
+    return ds.limit(limit) if limit else ds
+
+
+def _cpus_per_worker(num_workers: int) -> float:
+    """1 CPU a worker, or less where that would leave no CPU for the Ray Data tasks that feed them."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0)
+    if total < 2:
+        raise ConfigError(f"Ray has {total:g} CPUs: training needs at least 2 (one to read data)")
+    return min(1.0, (total - 1) / num_workers)
+
+
+def latest_checkpoint(out: Path):
+    """The newest checkpoint Ray Train stored for this run, by training step."""
+    import ray.train
+
+    found = []
+    for state in (out / "ray").glob(f"{RUN_NAME}/checkpoint_*/state.json"):
+        found.append((json.loads(state.read_text())["step"], state.parent))
+    return ray.train.Checkpoint.from_directory(str(max(found)[1])) if found else None
+
+
+def plot_losses(metrics_file: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_step: dict[int, dict] = {}
+    for line in metrics_file.read_text().splitlines():
+        row = json.loads(line)
+        by_step[row["step"]] = row  # a step redone after a restart replaces the first try
+    steps = sorted(by_step)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [by_step[s]["loss"] for s in steps], label="train loss", linewidth=1)
+    evals = [s for s in steps if "eval_loss" in by_step[s]]
+    ax.plot(evals, [by_step[s]["eval_loss"] for s in evals], "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (chain + target tokens)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str | Path,
+            resume: bool = False, overwrite: bool = False) -> dict:
+    """Train into ``out``; returns the summary (also written to ``out/summary.json``)."""
+    import ray.data
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchTrainer
+    from transformers import AutoTokenizer
+
+    from secondthought.models import build_base_model
+    from secondthought.sft_loop import train_loop_per_worker
+
+    prepared, out = Path(prepared).expanduser().resolve(), Path(out).expanduser().resolve()
+    if not (prepared / MANIFEST).is_file():
+        raise ConfigError(f"--prepared {prepared} holds no prepared data: run `secondthought prepare` first")
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif (out / SUMMARY).is_file() and not resume:
+            raise ConfigError(f"{out} already holds a trained model: pass --overwrite to train again")
+        elif not resume:
+            raise ConfigError(f"{out} holds an unfinished run: pass --resume to continue it or --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    tokenizer = AutoTokenizer.from_pretrained(prepared / "tokenizer")
+    base_dir = out / "base"
+    if not (base_dir / "config.json").is_file():
+        build_base_model(cfg.model, tokenizer, base_dir, cfg.trust_remote_code, cfg.seed)
+
+    n_train, n_eval = _count(prepared / "data" / "train"), _count(prepared / "data" / "eval")
+    per_epoch = micro_batches_per_epoch(n_train, cfg.num_workers, cfg.micro_batch_size, cfg.grad_accum)
+    if per_epoch == 0:
+        raise ConfigError(f"{n_train} training chains are too few for {cfg.num_workers} workers x "
+                          f"--sft.micro_batch_size {cfg.micro_batch_size} x --sft.grad_accum {cfg.grad_accum}")
+    total_steps = cfg.epochs * per_epoch // cfg.grad_accum
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    eval_used = min(n_eval, cfg.max_eval_rows or n_eval)
+    if eval_used < cfg.num_workers:
+        raise ConfigError(f"the eval split has {n_eval} chains: too few to evaluate on {cfg.num_workers} workers")
+    plan = {
+        "out": str(out), "base_dir": str(base_dir), "pad_id": tokenizer.pad_token_id,
+        "micro_batches_per_epoch": per_epoch, "total_steps": total_steps,
+        "warmup_steps": int(cfg.warmup_fraction * total_steps), "eval_rows_per_rank": eval_used // cfg.num_workers,
+    }
+    started = time.time()
+    with ray_session(ray_cfg):
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print their own progress
+        checkpoint = latest_checkpoint(out) if resume else None
+        cpus_per_worker = cfg.cpus_per_worker or _cpus_per_worker(cfg.num_workers)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"sft": asdict(cfg), "plan": plan},
+            scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                                   resources_per_worker={"CPU": cpus_per_worker}),
+            run_config=ray.train.RunConfig(
+                name=RUN_NAME, storage_path=str(out / "ray"),
+                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            ),
+            datasets={"train": _dataset(prepared / "data" / "train"),
+                      "eval": _dataset(prepared / "data" / "eval", cfg.max_eval_rows)},
+            # Every worker reads the whole (ordered) split and keeps its own rows: a restarted run
+            # then sees exactly the same batches and can skip the ones it had done.
+            dataset_config=ray.train.DataConfig(datasets_to_split=[],
+                                                execution_options=ExecutionOptions(preserve_order=True)),
+            resume_from_checkpoint=checkpoint,
+        )
+        trainer.fit()
+    if not (out / "best" / "config.json").is_file():
+        raise RuntimeError(f"training ended without an evaluated model in {out / 'best'}")
+    shutil.rmtree(out / "model", ignore_errors=True)
+    shutil.copytree(out / "best", out / "model")
+    plot_losses(out / "metrics.jsonl", out / "loss.png")
+    rows = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        rows[row["step"]] = row
+    last = rows[max(rows)]
+    evals = [r["eval_loss"] for r in rows.values() if "eval_loss" in r]
+    summary = {
+        "model": str(out / "model"), "base_model": cfg.model, "steps": max(rows), "total_steps": total_steps,
+        "train_chains": n_train, "eval_chains": eval_used, "first_loss": rows[min(rows)]["loss"],
+        "last_loss": last["loss"], "best_eval_loss": min(evals) if evals else math.nan,
+        "stopped_early": len(rows) < total_steps and max(rows) < total_steps,
+        "seconds": round(time.time() - started, 1), "loss_plot": str(out / "loss.png"),
+        "tensorboard": str(out / "tensorboard"),
+    }
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,321 @@
+"""The fine-tuning loop each Ray Train worker runs: a DeepSpeed engine and a flat loop.
+
+get batch -> forward -> backward -> step (DeepSpeed accumulates, clips, steps the schedule)
+-> log -> every K steps: evaluate, checkpoint, export the best model, early stopping.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import pickle
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from secondthought.batching import (
+    IGNORE,
+    Batch,
+    Row,
+    bucketed,
+    collate,
+    lr_factor,
+    rows_of_rank,
+)
+from secondthought.config import SFTConfig
+
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
+"""Dense bf16 peak of common accelerators, for the MFU estimate."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved with every checkpoint."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    """Micro-batches done in the current epoch (the data position)."""
+    step: int = 0
+    best_eval: float = math.inf
+    bad_evals: int = 0
+    tokens_seen: int = 0
+    stopped_early: bool = False
+    evals: list = field(default_factory=list)
+
+
+def deepspeed_config(cfg: SFTConfig) -> dict:
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
+    if cfg.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
+    if cfg.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    config = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_clipping": cfg.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.bf16()},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.offload_optimizer:  # the offloaded step needs DeepSpeed's own CPU Adam
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay}}
+    return config
+
+
+def _rows(iterator) -> Iterator[Row]:
+    for batch in iterator.iter_batches(batch_size=2048, batch_format="numpy"):
+        for ids, prompt_len in zip(batch["input_ids"], batch["prompt_len"]):
+            yield Row(np.asarray(ids, dtype=np.int64), int(prompt_len))
+
+
+def _to_device(batch: Batch, device) -> dict:
+    import torch
+
+    return {name: torch.from_numpy(getattr(batch, name)).to(device)
+            for name in ("input_ids", "attention_mask", "labels")}
+
+
+def _rng_state() -> str:
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    return base64.b64encode(pickle.dumps(state)).decode()
+
+
+def _set_rng_state(text: str) -> None:
+    import torch
+
+    state = pickle.loads(base64.b64decode(text))  # our own file, written by _rng_state
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class Tracker:
+    """Metrics to metrics.jsonl, TensorBoard (or MLflow / W&B) and a progress line, on rank 0 only."""
+
+    def __init__(self, cfg: SFTConfig, out: Path, rank: int, total_steps: int):
+        self.active = rank == 0
+        self.total_steps = total_steps
+        self.started = time.time()
+        self.writer = None
+        if not self.active:
+            return
+        self.metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8")
+        if cfg.tracking == "tensorboard":
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+        elif cfg.tracking == "mlflow":
+            import mlflow
+
+            self.writer = mlflow
+        else:
+            import wandb
+
+            wandb.init(project="secondthought", config=asdict(cfg), resume="allow")
+            self.writer = wandb
+
+    def log(self, step: int, metrics: dict, show: bool) -> None:
+        if not self.active:
+            return
+        self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.metrics_file.flush()
+        if hasattr(self.writer, "add_scalar"):
+            for name, value in metrics.items():
+                self.writer.add_scalar(name, value, step)
+        elif self.writer is not None and hasattr(self.writer, "log_metrics"):
+            self.writer.log_metrics(metrics, step=step)
+        elif self.writer is not None:
+            self.writer.log(metrics, step=step)
+        if show:
+            elapsed = time.time() - self.started
+            parts = [f"step {step}/{self.total_steps}"] + [
+                f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("epoch",)
+            ]
+            print(" | ".join(parts) + f" | {elapsed:.0f}s", flush=True)
+
+    def close(self) -> None:
+        if self.active:
+            self.metrics_file.close()
+            if hasattr(self.writer, "close"):
+                self.writer.close()
+
+
+def _all_reduce(values: list[float], device) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _evaluate(engine, rows: list[Row], cfg: SFTConfig, pad_id: int, device) -> float:
+    """Token-weighted mean loss over every rank's eval rows (same number of forwards on every rank)."""
+    import torch
+
+    engine.eval()
+    loss_sum, tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(rows), cfg.micro_batch_size):
+            batch = collate(rows[start : start + cfg.micro_batch_size], pad_id, cfg.mask_prompt)
+            n = int((batch.labels[:, 1:] != IGNORE).sum())
+            loss = engine(**_to_device(batch, device)).loss
+            loss_sum += float(loss) * n
+            tokens += n
+    engine.train()
+    loss_sum, tokens = _all_reduce([loss_sum, tokens], device)
+    return loss_sum / max(tokens, 1)
+
+
+def _export(engine, cfg: SFTConfig, base_dir: Path, dest: Path, rank: int) -> None:
+    """The current weights as a Hugging Face folder (safetensors + tokenizer), written by rank 0."""
+    state_dict = engine._zero3_consolidated_16bit_state_dict() if cfg.zero_stage == 3 else None
+    if rank != 0:
+        return
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    engine.module.save_pretrained(tmp, state_dict=state_dict)
+    for name in os.listdir(base_dir):
+        if name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(base_dir / name, tmp / name)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.replace(dest)
+
+
+def _checkpoint(engine, state: TrainState, metrics: dict, rank: int) -> None:
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        engine.save_checkpoint(folder, tag="engine")
+        if rank == 0:
+            Path(folder, "state.json").write_text(json.dumps(asdict(state)))
+        Path(folder, f"rng-{rank}.json").write_text(json.dumps({"state": _rng_state()}))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import deepspeed
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from secondthought.models import load_model
+
+    cfg = SFTConfig(**config["sft"])
+    plan = config["plan"]
+    out, base_dir = Path(plan["out"]), Path(plan["base_dir"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed + rank)
+
+    model = load_model(base_dir, dtype=torch.float32)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    n_params = sum(p.numel() for p in model.parameters())
+    optimizer = None
+    if not cfg.offload_optimizer:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                      fused=device.type == "cuda")
+    total, warmup = plan["total_steps"], plan["warmup_steps"]
+
+    def schedule(opt):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, cfg.min_lr_ratio))
+
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                                   model_parameters=model.parameters(),
+                                                   config=deepspeed_config(cfg))
+    state = TrainState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            engine.load_checkpoint(folder, tag="engine")
+            state = TrainState(**json.loads(Path(folder, "state.json").read_text()))
+            rng_file = Path(folder, f"rng-{rank}.json")
+            if rng_file.is_file():
+                _set_rng_state(json.loads(rng_file.read_text())["state"])
+        if rank == 0:
+            print(f"resumed at step {state.step} (epoch {state.epoch}, micro-batch {state.batches_done})", flush=True)
+
+    pad_id = plan["pad_id"]
+    eval_rows = list(islice(rows_of_rank(_rows(ray.train.get_dataset_shard("eval")), rank, world),
+                            plan["eval_rows_per_rank"]))
+    train_shard = ray.train.get_dataset_shard("train")
+    tracker = Tracker(cfg, out, rank, total)
+    peak = cfg.peak_tflops or next((v for k, v in PEAK_TFLOPS.items()
+                                    if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
+    window_started, window_tokens, window_padded, window_loss, window_micro = time.time(), 0, 0, 0.0, 0
+    stop = state.step >= total
+    while not stop and state.epoch < cfg.epochs:
+        batches = bucketed(rows_of_rank(_rows(train_shard), rank, world), cfg.micro_batch_size,
+                           cfg.bucket_window, cfg.seed, state.epoch)
+        for index, rows in enumerate(islice(batches, plan["micro_batches_per_epoch"])):
+            if index < state.batches_done:
+                continue  # done before the restart: same data, same order
+            batch = collate(rows, pad_id, cfg.mask_prompt)
+            loss = engine(**_to_device(batch, device)).loss
+            engine.backward(loss)
+            engine.step()
+            state.batches_done += 1
+            window_loss += float(loss)
+            window_micro += 1
+            window_tokens += batch.tokens
+            window_padded += batch.attention_mask.size
+            if state.batches_done % cfg.grad_accum:
+                continue
+            state.step += 1
+            if cfg.fault_injection_step == state.step and rank == min(1, world - 1):
+                marker = out / "fault-injected"
+                if not marker.exists():
+                    marker.touch()
+                    os._exit(1)  # an abrupt worker death, as from a crash or a lost node
+            loss_sum, micro, tokens, padded = _all_reduce([window_loss, window_micro, window_tokens, window_padded],
+                                                         device)
+            seconds = time.time() - window_started
+            state.tokens_seen += int(tokens)
+            metrics = {"loss": loss_sum / micro, "lr": scheduler.get_last_lr()[0], "epoch": state.epoch,
+                       "tokens_per_s": tokens / seconds, "padding": 1 - tokens / padded}
+            if peak:
+                metrics["mfu"] = 6 * n_params * tokens / seconds / (peak * 1e12 * world)
+            last = state.step >= total
+            evaluate = state.step % cfg.eval_every == 0 or last
+            if evaluate:
+                metrics["eval_loss"] = _evaluate(engine, eval_rows, cfg, pad_id, device)
+                state.evals.append([state.step, metrics["eval_loss"]])
+                if metrics["eval_loss"] < state.best_eval:
+                    state.best_eval, state.bad_evals = metrics["eval_loss"], 0
+                    _export(engine, cfg, base_dir, out / "best", rank)
+                else:
+                    state.bad_evals += 1
+                state.stopped_early = bool(cfg.patience) and state.bad_evals >= cfg.patience
+                stop = last or state.stopped_early
+            tracker.log(state.step, metrics, show=evaluate or state.step % cfg.log_every == 0)
+            if evaluate:
+                if stop and state.batches_done == plan["micro_batches_per_epoch"]:
+                    state.epoch, state.batches_done = state.epoch + 1, 0
+                _checkpoint(engine, state, {**metrics, "step": state.step}, rank)
+            window_started, window_tokens, window_padded, window_loss, window_micro = time.time(), 0, 0, 0.0, 0
+            if stop:
+                break
+        else:
+            state.epoch += 1
+            state.batches_done = 0
+    tracker.close()
