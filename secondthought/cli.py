@@ -55,6 +55,16 @@ def build_parser() -> ArgumentParser:
     sft.add_argument("--overwrite", type=bool, default=False, help="replace an earlier run in --out")
     commands.add_subcommand("sft", sft, help="fine-tune on chains of edits (Ray Train + DeepSpeed)")
 
+    pipeline = _stage_parser(
+        "The main job: prepare -> fine-tune into one run directory, on the embedded defaults unless told "
+        "otherwise (the bundled sample, SmolLM2-135M-Instruct, a local Ray). A finished stage is not redone "
+        "when the command runs again; an unfinished fine-tuning run continues from its checkpoint.",
+        ("data", "prepare", "sft", "ray"),
+    )
+    pipeline.add_argument("--out", default="runs/demo", help="run directory")
+    pipeline.add_argument("--progress", type=bool, default=True, help="show progress bars")
+    commands.add_subcommand("pipeline", pipeline, help="the whole pipeline into one run directory")
+
     edits = ArgumentParser(description="Show the chain of edits from SOURCE to TARGET: serialized and in plain English.")
     edits.add_argument("source", help="the unaligned text")
     edits.add_argument("target", help="the aligned text")
@@ -92,6 +102,13 @@ def run(argv: list[str] | None = None) -> int:
             summary = run_sft(sub.prepared, sections["sft"], sections["ray"], sub.out, resume=sub.resume,
                               overwrite=sub.overwrite)
             print(json.dumps(summary, indent=2))
+        elif command == "pipeline":
+            from secondthought.pipeline import describe, run_pipeline
+
+            sections = _sections(sub, ("data", "prepare", "sft", "ray"))
+            summary = run_pipeline(sections["data"], sections["prepare"], sections["sft"], sections["ray"],
+                                   sub.out, progress=sub.progress)
+            print(describe(summary))
         elif command == "edits":
             from secondthought.edits import compute_edits, decipher, serialize
 

@@ -87,8 +87,15 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 TINY_MODELS = {
     "tiny-llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True),
+    "small-llama": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True),
+    "smollm2-135m-shape": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                               num_key_value_heads=3, max_position_embeddings=8192, tie_word_embeddings=True),
+    "smollm2-1.7b-shape": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                               num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=8192,
+                               tie_word_embeddings=True),
 }
-"""Random-initialised Llama-shaped models for tests: built from a config in seconds."""
+"""Random-initialised Llama-shaped models built from a config: tiny ones for tests, real shapes for benchmarks."""
 
 
 def _embedded_model_dir() -> Path:

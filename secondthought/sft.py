@@ -53,16 +53,6 @@ def _cpus_per_worker(num_workers: int) -> float:
     return min(1.0, (total - 1) / num_workers)
 
 
-def latest_checkpoint(out: Path):
-    """The newest checkpoint Ray Train stored for this run, by training step."""
-    import ray.train
-
-    found = []
-    for state in (out / "ray").glob(f"{RUN_NAME}/checkpoint_*/state.json"):
-        found.append((json.loads(state.read_text())["step"], state.parent))
-    return ray.train.Checkpoint.from_directory(str(max(found)[1])) if found else None
-
-
 def plot_losses(metrics_file: Path, png: Path) -> None:
     import matplotlib
 
@@ -132,11 +122,11 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
         "out": str(out), "base_dir": str(base_dir), "pad_id": tokenizer.pad_token_id,
         "micro_batches_per_epoch": per_epoch, "total_steps": total_steps,
         "warmup_steps": int(cfg.warmup_fraction * total_steps), "eval_rows_per_rank": eval_used // cfg.num_workers,
+        "checkpoints": str(out / "ray" / RUN_NAME),
     }
     started = time.time()
     with ray_session(ray_cfg):
         ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print their own progress
-        checkpoint = latest_checkpoint(out) if resume else None
         cpus_per_worker = cfg.cpus_per_worker or _cpus_per_worker(cfg.num_workers)
         trainer = TorchTrainer(
             train_loop_per_worker,
@@ -154,7 +144,6 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
             # then sees exactly the same batches and can skip the ones it had done.
             dataset_config=ray.train.DataConfig(datasets_to_split=[],
                                                 execution_options=ExecutionOptions(preserve_order=True)),
-            resume_from_checkpoint=checkpoint,
         )
         trainer.fit()
     if not (out / "best" / "config.json").is_file():

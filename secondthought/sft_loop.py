@@ -198,6 +198,23 @@ def _export(engine, cfg: SFTConfig, base_dir: Path, dest: Path, rank: int) -> No
     tmp.replace(dest)
 
 
+def newest_checkpoint(folder: Path, world: int) -> Path | None:
+    """The checkpoint of the highest step under ``folder`` whose files from every rank are all there.
+
+    Ray Train hands a restarted worker group the last checkpoint its controller registered; one that
+    was fully written just before a worker died may not be registered yet, so the disk is the record.
+    """
+    complete = []
+    for state in folder.glob("checkpoint_*/state.json"):
+        ckpt = state.parent
+        ranks_done = all((ckpt / f"rng-{r}.json").is_file() for r in range(world))
+        engine = ckpt / "engine"
+        shards = len(list(engine.glob("*optim_states.pt"))) == world if engine.is_dir() else False
+        if ranks_done and shards and any(engine.glob("*model_states.pt")):
+            complete.append((json.loads(state.read_text())["step"], str(ckpt)))
+    return Path(max(complete)[1]) if complete else None
+
+
 def _checkpoint(engine, state: TrainState, metrics: dict, rank: int) -> None:
     import ray.train
 
@@ -244,9 +261,9 @@ def train_loop_per_worker(config: dict) -> None:
                                                    model_parameters=model.parameters(),
                                                    config=deepspeed_config(cfg))
     state = TrainState()
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = newest_checkpoint(Path(plan["checkpoints"]), world)
     if checkpoint:
-        with checkpoint.as_directory() as folder:
+        with ray.train.Checkpoint.from_directory(str(checkpoint)).as_directory() as folder:
             engine.load_checkpoint(folder, tag="engine")
             state = TrainState(**json.loads(Path(folder, "state.json").read_text()))
             rng_file = Path(folder, f"rng-{rank}.json")

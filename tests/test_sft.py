@@ -1,0 +1,128 @@
+"""Fine-tuning with real Ray Train, real DeepSpeed (gloo on CPU), 2 workers and a tiny model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from secondthought.batching import Row, bucketed, collate, lr_factor, micro_batches_per_epoch, rows_of_rank
+from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig, SFTConfig
+from secondthought.edits import EditFormatError
+from secondthought.formatting import prompt, read_chain, split_completion
+from secondthought.prepare import run_prepare
+from secondthought.sft import run_sft
+from tests.conftest import shared_file
+
+TINY = dict(model="tiny-llama", micro_batch_size=4, lr=3e-3, warmup_fraction=0.0, log_every=100)
+
+
+def steps(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def prepared(ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared") / "ms"
+    run_prepare(DataConfig(dataset="moral-stories", input=[str(shared_file("moral_stories", "dev.jsonl"))],
+                           eval_fraction=0.1, test_fraction=0.1),
+                PrepareConfig(cost_sets=[(1, 1, 1)]), RayConfig(), out, progress=False)
+    return out
+
+
+def test_collate_masks_prompt_and_padding():
+    rows = [Row(np.array([5, 6, 7, 8]), 2), Row(np.array([9, 10]), 1)]
+    batch = collate(rows, pad_id=0, mask_prompt=True)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8], [9, 10, 0, 0]]
+    assert batch.labels.tolist() == [[-100, -100, 7, 8], [-100, 10, -100, -100]]
+    assert batch.tokens == 6 and batch.padding_fraction == pytest.approx(0.25)
+    assert collate(rows, 0, mask_prompt=False).labels.tolist()[0] == [5, 6, 7, 8]
+
+
+def test_bucketing_is_deterministic_covers_each_rank_and_reduces_padding():
+    rng = np.random.default_rng(0)
+    rows = [Row(np.arange(int(n)), 1) for n in rng.integers(5, 200, size=1000)]
+    mine = [list(rows_of_rank(rows, r, 2)) for r in range(2)]
+    assert len(mine[0]) == len(mine[1]) == 500 and not {id(r) for r in mine[0]} & {id(r) for r in mine[1]}
+    first = [[id(r) for r in b] for b in bucketed(mine[0], 8, 16, seed=1, epoch=0)]
+    again = [[id(r) for r in b] for b in bucketed(mine[0], 8, 16, seed=1, epoch=0)]
+    other_epoch = [[id(r) for r in b] for b in bucketed(mine[0], 8, 16, seed=1, epoch=1)]
+    assert first == again and first != other_epoch
+    assert len(first) == 500 // 8 == micro_batches_per_epoch(1000, 2, 8, 1)
+    bucketed_pad = np.mean([collate(b, 0, True).padding_fraction for b in bucketed(mine[0], 8, 16, 1, 0)])
+    plain_pad = np.mean([collate(mine[0][i:i + 8], 0, True).padding_fraction for i in range(0, 496, 8)])
+    assert bucketed_pad < plain_pad / 3
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert 0.1 < lr_factor(55, 100, 10, 0.1) < 1.0
+
+
+def test_config_errors_name_the_flag():
+    with pytest.raises(ConfigError, match="--sft.offload_params needs --sft.zero_stage 3"):
+        SFTConfig(offload_params=True)
+    with pytest.raises(ConfigError, match="--sft.zero_stage"):
+        SFTConfig(zero_stage=4)
+
+
+def test_loss_goes_down_on_moral_stories_zero3_and_export_generates(prepared, tmp_path):
+    out = tmp_path / "sft"
+    summary = run_sft(prepared, SFTConfig(**TINY, epochs=1, grad_accum=2, zero_stage=3, eval_every=10,
+                                          max_eval_rows=64), RayConfig(), out)
+    rows = steps(out)
+    first, last = np.mean([r["loss"] for r in rows[:3]]), np.mean([r["loss"] for r in rows[-3:]])
+    assert last < first - 2.0, (first, last)
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert len(evals) >= 2 and min(evals) < evals[0]
+    assert summary["steps"] == summary["total_steps"] == len(rows)
+    assert all(r["tokens_per_s"] > 0 and 0 <= r["padding"] < 0.5 for r in rows)
+    assert (out / "loss.png").stat().st_size > 10_000
+    assert list((out / "tensorboard").iterdir())
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "model", use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    ids = tokenizer(prompt("You should be kind.", "Tom kicks the dog."), return_tensors="pt").input_ids
+    with torch.no_grad():
+        generated = model.generate(ids, max_new_tokens=24, do_sample=False)
+    text = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=False)
+    try:
+        read_chain(text.removesuffix(tokenizer.eos_token))
+    except EditFormatError as e:  # a tiny model writes what it writes; the error must say where
+        assert "character" in str(e)
+    assert isinstance(split_completion(text).target, str)
+
+
+def test_worker_death_and_resume_continue_exactly(prepared, tmp_path):
+    config = dict(TINY, epochs=1, max_steps=8, eval_every=4, max_eval_rows=32)
+    clean = tmp_path / "clean"
+    run_sft(prepared, SFTConfig(**config), RayConfig(), clean)
+    reference = {r["step"]: r["loss"] for r in steps(clean)}
+    assert sorted(reference) == list(range(1, 9))
+
+    # A worker process dies at step 6: Ray Train restarts the group from the checkpoint of step 4.
+    killed = tmp_path / "killed"
+    summary = run_sft(prepared, SFTConfig(**config, fault_injection_step=6, max_failures=1), RayConfig(), killed)
+    logged = [r["step"] for r in steps(killed)]
+    assert (killed / "fault-injected").exists()
+    assert logged == [1, 2, 3, 4, 5, 5, 6, 7, 8]  # step 5 ran before the crash and again after it
+    assert summary["steps"] == 8
+    after = {r["step"]: r["loss"] for r in steps(killed)}
+    for step in range(5, 9):
+        assert after[step] == pytest.approx(reference[step], rel=1e-4, abs=1e-5)
+
+    # Without restarts the run fails; --resume continues from step 4 with the same next-step loss.
+    failed = tmp_path / "failed"
+    with pytest.raises(Exception):
+        run_sft(prepared, SFTConfig(**config, fault_injection_step=6, max_failures=0), RayConfig(), failed)
+    with pytest.raises(ConfigError, match="--resume"):
+        run_sft(prepared, SFTConfig(**config), RayConfig(), failed)
+    run_sft(prepared, SFTConfig(**config, fault_injection_step=6), RayConfig(), failed, resume=True)
+    resumed = steps(failed)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 5, 6, 7, 8]
+    assert resumed[5]["loss"] == pytest.approx(reference[5], rel=1e-4, abs=1e-5)
