@@ -100,7 +100,7 @@ class SFTConfig:
     """Sequences per worker per forward pass."""
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
-    lr: float = 5e-5
+    lr: float = 2e-4
     """Peak learning rate."""
     min_lr_ratio: float = 0.1
     """Cosine decay ends at lr * min_lr_ratio."""

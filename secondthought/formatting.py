@@ -14,6 +14,10 @@ SRC, SEP, TGT = "<|src|>", "<|sep|>", "<|tgt|>"
 FORMAT_TOKENS = (SRC, SEP, TGT)
 SPECIAL_TOKENS = FORMAT_TOKENS + EDIT_TOKENS
 """Tokens added to the tokenizer as special (never split, never merged with text); reserved in data."""
+TOKEN_MEANINGS = {SRC: " text:", SEP: " edits:", TGT: " result:", "<|ins|>": " insert", "<|del|>": " delete",
+                  "<|rep|>": " replace", "<|with|>": " with"}
+"""Words whose embeddings start the new tokens' embeddings in a pretrained model: a model learns to
+write a token whose embedding means something much faster than one that starts as the average."""
 
 
 def prompt(context: str, source: str) -> str:

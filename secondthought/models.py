@@ -144,8 +144,10 @@ def build_base_model(name: str, tokenizer, dest: Path, trust_remote_code: bool =
                 f"cannot load a model from {name!r}: give a local folder with safetensors weights, "
                 f"'{EMBEDDED_LM}', one of {sorted(TINY_MODELS)}, or a hub id on a machine with network ({e})"
             ) from None
-        if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
+        old_size = model.get_input_embeddings().weight.shape[0]
+        if old_size != len(tokenizer):
             model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+            _init_new_tokens(model, tokenizer, old_size)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -154,6 +156,25 @@ def build_base_model(name: str, tokenizer, dest: Path, trust_remote_code: bool =
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     return dest
+
+
+def _init_new_tokens(model, tokenizer, old_size: int) -> None:
+    """Start each added special token at the mean embedding of the word it stands for."""
+    import torch
+
+    from secondthought.formatting import TOKEN_MEANINGS
+
+    tables = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != tables[0].data_ptr():
+        tables.append(output.weight)
+    with torch.no_grad():
+        for token, word in TOKEN_MEANINGS.items():
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            word_ids = [i for i in tokenizer(word, add_special_tokens=False).input_ids if i < old_size]
+            if token_id >= old_size and word_ids:
+                for table in tables:
+                    table[token_id] = table[word_ids].mean(dim=0)
 
 
 def load_model(path: str | Path, dtype=None, trust_remote_code: bool = False):

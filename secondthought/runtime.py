@@ -18,16 +18,13 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    local_only = {}
     if cfg.address is None:
-        # A local Ray is for this machine alone: keep its ports on loopback.
+        # A local Ray is for this machine alone: keep its ports on loopback. The dashboard serves
+        # the state API that Ray Train polls.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(
-        address=cfg.address,
-        num_cpus=cfg.num_cpus if cfg.address is None else None,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
+        local_only = {"num_cpus": cfg.num_cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1"}
+    ray.init(address=cfg.address, logging_level=logging.WARNING, log_to_driver=True, **local_only)
     try:
         yield
     finally:

@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -107,9 +108,9 @@ def _set_rng_state(text: str) -> None:
 class Tracker:
     """Metrics to metrics.jsonl, TensorBoard (or MLflow / W&B) and a progress line, on rank 0 only."""
 
-    def __init__(self, cfg: SFTConfig, out: Path, rank: int, total_steps: int):
+    def __init__(self, cfg: SFTConfig, out: Path, rank: int, total_steps: int, first_step: int):
         self.active = rank == 0
-        self.total_steps = total_steps
+        self.total_steps, self.first_step = total_steps, first_step
         self.started = time.time()
         self.writer = None
         if not self.active:
@@ -146,7 +147,10 @@ class Tracker:
             parts = [f"step {step}/{self.total_steps}"] + [
                 f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("epoch",)
             ]
-            print(" | ".join(parts) + f" | {elapsed:.0f}s", flush=True)
+            # sys.stdout, not print: Ray Train also copies print() calls to its logs, which doubled each line
+            eta = elapsed / max(step - self.first_step, 1) * (self.total_steps - step)
+            sys.stdout.write(" | ".join(parts) + f" | {elapsed:.0f}s elapsed, ~{eta:.0f}s left\n")
+            sys.stdout.flush()
 
     def close(self) -> None:
         if self.active:
@@ -276,7 +280,7 @@ def train_loop_per_worker(config: dict) -> None:
     eval_rows = list(islice(rows_of_rank(_rows(ray.train.get_dataset_shard("eval")), rank, world),
                             plan["eval_rows_per_rank"]))
     train_shard = ray.train.get_dataset_shard("train")
-    tracker = Tracker(cfg, out, rank, total)
+    tracker = Tracker(cfg, out, rank, total, state.step)
     peak = cfg.peak_tflops or next((v for k, v in PEAK_TFLOPS.items()
                                     if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
     window_started, window_tokens, window_padded, window_loss, window_micro = time.time(), 0, 0, 0.0, 0
