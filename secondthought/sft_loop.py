@@ -296,7 +296,7 @@ def train_loop_per_worker(config: dict) -> None:
             engine.backward(loss)
             engine.step()
             state.batches_done += 1
-            window_loss += float(loss)
+            window_loss += loss.detach().item()
             window_micro += 1
             window_tokens += batch.tokens
             window_padded += batch.attention_mask.size

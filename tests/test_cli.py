@@ -40,14 +40,17 @@ def test_invalid_config_exits_2_naming_the_flag(capsys, tmp_path):
 
 
 def test_readme_main_command_runs_from_the_console_script(tmp_path):
-    """The installed `secondthought prepare` on the embedded defaults, in its own process and Ray."""
-    out = tmp_path / "sample"
+    """The installed `secondthought pipeline` (the README's main job) in its own process and Ray,
+    with a tiny model instead of SmolLM2 so that it takes a minute."""
+    out = tmp_path / "demo"
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     exe = os.path.join(os.path.dirname(sys.executable), "secondthought")
-    done = subprocess.run([exe, "prepare", "--out", str(out), "--ray.num_cpus", "2", "--progress", "false"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([exe, "pipeline", "--out", str(out), "--progress", "false", "--sft.model", "tiny-llama",
+                           "--sft.epochs", "1", "--sft.lr", "0.003"],
+                          capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    manifest = json.loads((out / "manifest.json").read_text())
+    assert "SecondThought run finished" in done.stdout and str(out / "sft" / "model") in done.stdout
+    manifest = json.loads((out / "prepared" / "manifest.json").read_text())
     assert manifest["rows_in"] == manifest["rows_out"] == 204
-    assert manifest["chains_out"] >= 204
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["eval", "test", "train"]
+    assert sorted(p.name for p in (out / "prepared" / "data").iterdir()) == ["eval", "test", "train"]
+    assert (out / "sft" / "model" / "model.safetensors").is_file()
