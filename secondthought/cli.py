@@ -9,6 +9,7 @@ import sys
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig, SFTConfig
+from secondthought.runtime import loopback_only
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -84,6 +85,8 @@ def run(argv: list[str] | None = None) -> int:
     cfg = parser.parse_args(argv)
     command = cfg.command
     sub = cfg[command]
+    if "ray" in sub and not sub.ray.address:
+        loopback_only()  # before anything imports Ray
     try:
         if command == "prepare":
             from secondthought.prepare import run_prepare
