@@ -28,7 +28,7 @@ from secondthought import data as datasets
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig
 from secondthought.data.records import Chunk, RawRecord
 from secondthought.data.schema import Rejected, Triple
-from secondthought.examples import EXAMPLE_SCHEMA, Encoder, build
+from secondthought.examples import Encoder, build
 from secondthought.runtime import ray_session
 
 MANIFEST = "manifest.json"

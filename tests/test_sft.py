@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import ray.train
 import torch
 
 from secondthought.batching import Row, bucketed, collate, lr_factor, micro_batches_per_epoch, rows_of_rank
@@ -118,7 +119,7 @@ def test_worker_death_and_resume_continue_exactly(prepared, tmp_path):
 
     # Without restarts the run fails; --resume continues from step 4 with the same next-step loss.
     failed = tmp_path / "failed"
-    with pytest.raises(Exception):
+    with pytest.raises(ray.train.TrainingFailedError):
         run_sft(prepared, SFTConfig(**config, fault_injection_step=6, max_failures=0), RayConfig(), failed)
     with pytest.raises(ConfigError, match="--resume"):
         run_sft(prepared, SFTConfig(**config), RayConfig(), failed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -55,7 +56,7 @@ class MissingField(ValueError):
 def text_field(record: RawRecord, name: str, required: bool = True) -> str:
     """A text field of a record; a missing or non-text required field raises MissingField."""
     value = record.fields.get(name) if record.fields else None
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # pandas-style missing
         if required:
             raise MissingField(f"missing field '{name}'")
         return ""
