@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from secondthought.formatting import SPECIAL_TOKENS
 
@@ -41,21 +42,30 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def _converted_once(name: str, done_file: str, save: Callable[[Path], None]) -> Path:
+    """``cache_dir()/name``, written by ``save`` into a temporary folder the first time it is needed."""
+    target = cache_dir() / name
+    if (target / done_file).is_file():
+        return target
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    save(tmp)
+    if target.exists():  # another process converted it meanwhile
+        shutil.rmtree(tmp)
+    else:
+        tmp.replace(target)
+    return target
+
+
 def _embedded_tokenizer_dir() -> Path:
     """SmolLM2's tokenizer converted from the GGUF file once, then read from the cache."""
-    target = cache_dir() / "smollm2-135m-instruct-tokenizer"
-    if not (target / "tokenizer.json").is_file():
+
+    def save(folder: Path) -> None:
         from transformers import AutoTokenizer
 
         gguf = smollm2_gguf()
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        tokenizer.save_pretrained(tmp)
-        if target.exists():  # another process converted it meanwhile
-            shutil.rmtree(tmp)
-        else:
-            tmp.replace(target)
-    return target
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
+
+    return _converted_once("smollm2-135m-instruct-tokenizer", "tokenizer.json", save)
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
@@ -100,24 +110,19 @@ TINY_MODELS = {
 
 def _embedded_model_dir() -> Path:
     """SmolLM2-135M-Instruct dequantized from the GGUF file into a safetensors folder, once."""
-    target = cache_dir() / "smollm2-135m-instruct"
-    if (target / "model.safetensors").is_file():
-        return target
-    from transformers import AutoModelForCausalLM
 
-    gguf = smollm2_gguf()
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = quantized.config
-    del config.quantization_config  # the weights below are plain float tensors
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(quantized.state_dict(), strict=True)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    if target.exists():
-        shutil.rmtree(tmp)
-    else:
-        tmp.replace(target)
-    return target
+    def save(folder: Path) -> None:
+        from transformers import AutoModelForCausalLM
+
+        gguf = smollm2_gguf()
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config = quantized.config
+        del config.quantization_config  # the weights below are plain float tensors
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(quantized.state_dict(), strict=True)
+        model.save_pretrained(folder)
+
+    return _converted_once("smollm2-135m-instruct", "model.safetensors", save)
 
 
 def build_base_model(name: str, tokenizer, dest: Path, trust_remote_code: bool = False, seed: int = 0) -> Path:

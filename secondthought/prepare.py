@@ -264,7 +264,7 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
     elapsed = time.time() - started
     manifest = {
         "dataset": data.dataset,
-        "inputs": datasets.input_files(data),
+        "inputs": list(dict.fromkeys(chunk.path for chunk in chunks)),
         "rows_in": totals["records_in"],
         "rows_out": totals["records_out"],
         "rows_quarantined": totals["records_quarantined"],

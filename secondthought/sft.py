@@ -53,16 +53,17 @@ def _cpus_per_worker(num_workers: int) -> float:
     return min(1.0, (total - 1) / num_workers)
 
 
-def plot_losses(metrics_file: Path, png: Path) -> None:
+def metrics_by_step(metrics_file: Path) -> dict[int, dict]:
+    """The logged metrics, one row per step: a step redone after a restart replaces the first try."""
+    return {row["step"]: row for row in map(json.loads, metrics_file.read_text().splitlines())}
+
+
+def plot_losses(by_step: dict[int, dict], png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_step: dict[int, dict] = {}
-    for line in metrics_file.read_text().splitlines():
-        row = json.loads(line)
-        by_step[row["step"]] = row  # a step redone after a restart replaces the first try
     steps = sorted(by_step)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, [by_step[s]["loss"] for s in steps], label="train loss", linewidth=1)
@@ -150,18 +151,15 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
         raise RuntimeError(f"training ended without an evaluated model in {out / 'best'}")
     shutil.rmtree(out / "model", ignore_errors=True)
     shutil.copytree(out / "best", out / "model")
-    plot_losses(out / "metrics.jsonl", out / "loss.png")
-    rows = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        rows[row["step"]] = row
+    rows = metrics_by_step(out / "metrics.jsonl")
+    plot_losses(rows, out / "loss.png")
     last = rows[max(rows)]
     evals = [r["eval_loss"] for r in rows.values() if "eval_loss" in r]
     summary = {
         "model": str(out / "model"), "base_model": cfg.model, "steps": max(rows), "total_steps": total_steps,
         "train_chains": n_train, "eval_chains": eval_used, "first_loss": rows[min(rows)]["loss"],
         "last_loss": last["loss"], "best_eval_loss": min(evals) if evals else math.nan,
-        "stopped_early": len(rows) < total_steps and max(rows) < total_steps,
+        "stopped_early": max(rows) < total_steps,
         "seconds": round(time.time() - started, 1), "loss_plot": str(out / "loss.png"),
         "tensorboard": str(out / "tensorboard"),
     }
