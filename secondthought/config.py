@@ -179,6 +179,125 @@ class SFTConfig:
 
 
 @dataclass
+class RLConfig:
+    """Refinement by RL: adversarial imitation optimised with PPO on Ray actors."""
+
+    iterations: int = 8
+    """Rollout -> score -> PPO update -> discriminator update -> weight sync, this many times."""
+    prompts_per_iteration: int = 16
+    """Prompts sampled (one completion each) per iteration, across all rollout workers."""
+    max_new_tokens: int = 64
+    """Longest completion (chain + target) a rollout may write."""
+    temperature: float = 1.0
+    top_k: int = 0
+    """Sample from the k most likely tokens (0: all)."""
+    top_p: float = 1.0
+    """Nucleus sampling (1: off)."""
+    rollout_workers: int = 2
+    """Actors that generate, each with a copy of the policy."""
+    rollout_batch_size: int = 16
+    """Prompts a rollout worker decodes together."""
+    learner_workers: int = 1
+    """DeepSpeed data-parallel learners (one per GPU with --rl.use_gpu)."""
+    ppo_epochs: int = 1
+    """Passes over an iteration's samples."""
+    minibatch_size: int = 8
+    """Samples per optimizer step, over all learners."""
+    micro_batch_size: int = 4
+    """Samples per forward pass on one learner."""
+    lr: float = 1e-5
+    """Policy (and value head) learning rate."""
+    clip: float = 0.2
+    """PPO ratio clip."""
+    value_clip: Optional[float] = 0.2
+    """Clip value updates to this distance from the old values (null: off)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    gamma: float = 1.0
+    lam: float = 0.95
+    """GAE lambda."""
+    kl_coef: float = 0.05
+    """Initial weight of the per-token KL penalty to the frozen SFT reference."""
+    target_kl: Optional[float] = 6.0
+    """Adaptive KL control aims the sequence KL at this (null: keep --rl.kl_coef fixed)."""
+    kl_horizon: int = 10000
+    kl_estimator: str = "k1"
+    """k1, k2 or k3 (see secondthought/rl/ppo.py)."""
+    whiten_advantages: bool = True
+    reward: str = "adversarial"
+    """adversarial (discriminator log-odds + edit validity), validity (edit validity only), or
+    "module:function", a Python function given the list of scored samples, returning one float each."""
+    discriminator: str = "minilm"
+    """Encoder of the discriminator: "minilm" (embedded all-MiniLM-L6-v2), "tiny-bert" (tests) or a local folder."""
+    disc_lr: float = 2e-5
+    disc_steps: int = 1
+    """Discriminator updates per iteration."""
+    disc_clip: float = 5.0
+    """Discriminator log-odds are clipped to [-disc_clip, disc_clip] in the reward."""
+    validity_weight: float = 1.0
+    """Weight of the edit-validity term (+1 valid and consistent, 0 applies but inconsistent, -1 broken)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage of the learners (0-3)."""
+    precision: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."""
+    use_gpu: bool = False
+    colocate: bool = True
+    """Share devices: rollout worker i, learner i (and the reference and discriminator with the first) in one
+    placement-group bundle. False gives each actor its own bundle (its own GPU)."""
+    checkpoint_every: int = 4
+    """Checkpoint (learners, discriminator, loop state) every this many iterations, and at the end."""
+    max_restarts: int = 3
+    """A dead rollout or reference actor is restarted this many times (its work is redone)."""
+    max_failures: int = 2
+    """A dead learner or discriminator rolls the run back to the last checkpoint this many times."""
+    seed: int = 0
+    log_every: int = 1
+    tracking: str = "tensorboard"
+    """tensorboard, mlflow or wandb."""
+    trust_remote_code: bool = False
+    fault_injection_iteration: Optional[int] = None
+    """Testing fault tolerance: rollout worker 0 exits abruptly, once, while generating this iteration."""
+
+    def __post_init__(self) -> None:
+        positive = ("iterations", "prompts_per_iteration", "max_new_tokens", "rollout_workers", "rollout_batch_size",
+                    "learner_workers", "ppo_epochs", "minibatch_size", "micro_batch_size", "disc_steps",
+                    "checkpoint_every", "log_every", "kl_horizon")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--rl.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "disc_lr", "clip", "disc_clip"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--rl.{name} must be positive, got {getattr(self, name)}")
+        for name in ("kl_coef", "vf_coef", "validity_weight", "temperature", "max_restarts", "max_failures"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--rl.{name} must not be negative, got {getattr(self, name)}")
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ConfigError(f"--rl.gamma and --rl.lam must be in [0, 1], got {self.gamma}, {self.lam}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"--rl.top_p must be in (0, 1], got {self.top_p}")
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ConfigError(f"--rl.kl_estimator must be k1, k2 or k3, got {self.kl_estimator!r}")
+        if self.reward not in ("adversarial", "validity") and ":" not in self.reward:
+            raise ConfigError(f"--rl.reward must be adversarial, validity or module:function, got {self.reward!r}")
+        per_learner, rest = divmod(self.minibatch_size, self.learner_workers)
+        if rest or per_learner % self.micro_batch_size:
+            raise ConfigError(f"--rl.minibatch_size {self.minibatch_size} must split into --rl.learner_workers "
+                              f"{self.learner_workers} x a multiple of --rl.micro_batch_size {self.micro_batch_size}")
+        if self.prompts_per_iteration % self.minibatch_size:
+            raise ConfigError(f"--rl.prompts_per_iteration {self.prompts_per_iteration} must be a multiple of "
+                              f"--rl.minibatch_size {self.minibatch_size}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"--rl.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"--rl.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.tracking not in ("tensorboard", "mlflow", "wandb"):
+            raise ConfigError(f"--rl.tracking must be tensorboard, mlflow or wandb, got {self.tracking!r}")
+
+    def bf16(self) -> bool:
+        return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
+
+
+@dataclass
 class RayConfig:
     """Where the Ray stages run."""
 

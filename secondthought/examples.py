@@ -6,8 +6,8 @@ Pure (no Ray): the prepare stage runs :func:`build` on each block of triples.
 from __future__ import annotations
 
 import re
-from itertools import chain as chain_all
 from dataclasses import dataclass
+from itertools import chain as chain_all
 from typing import Sequence
 
 import pyarrow as pa

@@ -46,3 +46,38 @@ def split_completion(text: str) -> Completion:
 def read_chain(text: str) -> EditChain:
     """Parse the chain part of a completion (raises ``EditFormatError`` on malformed text)."""
     return parse(split_completion(text).chain_text)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a generated completion is worth as an edit: does its chain parse, apply to the source,
+    and give the target the model wrote after it?"""
+
+    parses: bool
+    applies: bool
+    consistent: bool
+    n_edits: int = 0
+    reason: str = ""
+
+    @property
+    def validity(self) -> float:
+        """+1 consistent, 0 applies but gives another text than the written target, -1 otherwise."""
+        return 1.0 if self.consistent else 0.0 if self.applies else -1.0
+
+
+def check_completion(source: str, text: str) -> Verdict:
+    from secondthought.edits import EditError
+
+    part = split_completion(text)
+    if TGT not in text:
+        return Verdict(False, False, False, reason=f"no {TGT}: the completion never wrote a target")
+    try:
+        chain = parse(part.chain_text)
+    except EditError as e:
+        return Verdict(False, False, False, reason=f"chain does not parse: {e}")
+    try:
+        edited = chain.apply(source)
+    except EditError as e:
+        return Verdict(True, False, False, len(chain), reason=f"chain does not apply: {e}")
+    consistent = edited.strip() == part.target.strip()
+    return Verdict(True, True, consistent, len(chain), reason="" if consistent else "target differs from the edited source")

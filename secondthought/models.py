@@ -188,3 +188,43 @@ def load_model(path: str | Path, dtype=None, trust_remote_code: bool = False):
 
     return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype,
                                                 trust_remote_code=trust_remote_code)
+
+
+def export_hf(model, state_dict, source_dir: Path, dest: Path) -> None:
+    """``model`` (a Hugging Face model) as a folder of safetensors weights plus the tokenizer files of
+    ``source_dir``, replacing ``dest`` atomically. ``state_dict``: weights to write instead of the model's
+    own (e.g. gathered from ZeRO-3 shards)."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, state_dict=state_dict)
+    for name in os.listdir(source_dir):
+        if name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(Path(source_dir) / name, tmp / name)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.replace(dest)
+
+
+def engine_config(micro_batch_size: int, grad_accum: int, zero_stage: int, bf16: bool, max_grad_norm: float = 1.0,
+                  offload_optimizer: bool = False, offload_params: bool = False, use_gpu: bool = False,
+                  lr: float = 1e-5, weight_decay: float = 0.0) -> dict:
+    """The DeepSpeed config of a training engine (SFT workers, RL learners)."""
+    zero: dict = {"stage": zero_stage}
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu}
+    if offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": use_gpu}
+    if zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    config = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if offload_optimizer:  # the offloaded step needs DeepSpeed's own CPU Adam
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": lr, "weight_decay": weight_decay}}
+    return config

@@ -19,6 +19,7 @@ from secondthought.batching import micro_batches_per_epoch
 from secondthought.config import ConfigError, RayConfig, SFTConfig
 from secondthought.prepare import MANIFEST
 from secondthought.runtime import ray_session
+from secondthought.tracking import read_metrics
 
 RUN_NAME = "sft"
 SUMMARY = "summary.json"
@@ -51,11 +52,6 @@ def _cpus_per_worker(num_workers: int) -> float:
     if total < 2:
         raise ConfigError(f"Ray has {total:g} CPUs: training needs at least 2 (one to read data)")
     return min(1.0, (total - 1) / num_workers)
-
-
-def metrics_by_step(metrics_file: Path) -> dict[int, dict]:
-    """The logged metrics, one row per step: a step redone after a restart replaces the first try."""
-    return {row["step"]: row for row in map(json.loads, metrics_file.read_text().splitlines())}
 
 
 def plot_losses(by_step: dict[int, dict], png: Path) -> None:
@@ -151,7 +147,7 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
         raise RuntimeError(f"training ended without an evaluated model in {out / 'best'}")
     shutil.rmtree(out / "model", ignore_errors=True)
     shutil.copytree(out / "best", out / "model")
-    rows = metrics_by_step(out / "metrics.jsonl")
+    rows = read_metrics(out / "metrics.jsonl", "step")
     plot_losses(rows, out / "loss.png")
     last = rows[max(rows)]
     evals = [r["eval_loss"] for r in rows.values() if "eval_loss" in r]

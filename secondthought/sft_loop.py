@@ -12,8 +12,6 @@ import math
 import os
 import pickle
 import random
-import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +31,8 @@ from secondthought.batching import (
     rows_of_rank,
 )
 from secondthought.config import SFTConfig
+from secondthought.models import engine_config, export_hf
+from secondthought.tracking import Tracker
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
 """Dense bf16 peak of common accelerators, for the MFU estimate."""
@@ -54,26 +54,8 @@ class TrainState:
 
 
 def deepspeed_config(cfg: SFTConfig) -> dict:
-    zero: dict = {"stage": cfg.zero_stage}
-    if cfg.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
-    if cfg.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
-    if cfg.zero_stage == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
-    config = {
-        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "gradient_clipping": cfg.max_grad_norm,
-        "zero_optimization": zero,
-        "bf16": {"enabled": cfg.bf16()},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 2**31 - 1,
-        "wall_clock_breakdown": False,
-    }
-    if cfg.offload_optimizer:  # the offloaded step needs DeepSpeed's own CPU Adam
-        config["optimizer"] = {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay}}
-    return config
+    return engine_config(cfg.micro_batch_size, cfg.grad_accum, cfg.zero_stage, cfg.bf16(), cfg.max_grad_norm,
+                         cfg.offload_optimizer, cfg.offload_params, cfg.use_gpu, cfg.lr, cfg.weight_decay)
 
 
 def _rows(iterator) -> Iterator[Row]:
@@ -103,60 +85,6 @@ def _set_rng_state(text: str) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-
-
-class Tracker:
-    """Metrics to metrics.jsonl, TensorBoard (or MLflow / W&B) and a progress line, on rank 0 only."""
-
-    def __init__(self, cfg: SFTConfig, out: Path, rank: int, total_steps: int, first_step: int):
-        self.active = rank == 0
-        self.total_steps, self.first_step = total_steps, first_step
-        self.started = time.time()
-        self.writer = None
-        if not self.active:
-            return
-        self.metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8")
-        if cfg.tracking == "tensorboard":
-            from tensorboardX import SummaryWriter
-
-            self.writer = SummaryWriter(str(out / "tensorboard"))
-        elif cfg.tracking == "mlflow":
-            import mlflow
-
-            self.writer = mlflow
-        else:
-            import wandb
-
-            wandb.init(project="secondthought", config=asdict(cfg), resume="allow")
-            self.writer = wandb
-
-    def log(self, step: int, metrics: dict, show: bool) -> None:
-        if not self.active:
-            return
-        self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.metrics_file.flush()
-        if hasattr(self.writer, "add_scalar"):
-            for name, value in metrics.items():
-                self.writer.add_scalar(name, value, step)
-        elif self.writer is not None and hasattr(self.writer, "log_metrics"):
-            self.writer.log_metrics(metrics, step=step)
-        elif self.writer is not None:
-            self.writer.log(metrics, step=step)
-        if show:
-            elapsed = time.time() - self.started
-            parts = [f"step {step}/{self.total_steps}"] + [
-                f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("epoch",)
-            ]
-            # sys.stdout, not print: Ray Train also copies print() calls to its logs, which doubled each line
-            eta = elapsed / max(step - self.first_step, 1) * (self.total_steps - step)
-            sys.stdout.write(" | ".join(parts) + f" | {elapsed:.0f}s elapsed, ~{eta:.0f}s left\n")
-            sys.stdout.flush()
-
-    def close(self) -> None:
-        if self.active:
-            self.metrics_file.close()
-            if hasattr(self.writer, "close"):
-                self.writer.close()
 
 
 def _all_reduce(values: list[float], device) -> list[float]:
@@ -190,16 +118,8 @@ def _evaluate(engine, rows: list[Row], cfg: SFTConfig, pad_id: int, device) -> f
 def _export(engine, cfg: SFTConfig, base_dir: Path, dest: Path, rank: int) -> None:
     """The current weights as a Hugging Face folder (safetensors + tokenizer), written by rank 0."""
     state_dict = engine._zero3_consolidated_16bit_state_dict() if cfg.zero_stage == 3 else None
-    if rank != 0:
-        return
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    engine.module.save_pretrained(tmp, state_dict=state_dict)
-    for name in os.listdir(base_dir):
-        if name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy(base_dir / name, tmp / name)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.replace(dest)
+    if rank == 0:
+        export_hf(engine.module, state_dict, base_dir, dest)
 
 
 def newest_checkpoint(folder: Path, world: int) -> Path | None:

@@ -1,0 +1,77 @@
+"""Rollout samples and how they are batched for scoring and learning (numpy only).
+
+A batch lays each sample out as ``[left padding | prompt | completion | right padding]``: prompts are
+left-padded to one width P and completions right-padded to one width T, so the completion's tokens
+sit at the same positions P..P+T-1 in every row, and the logits that predict them at P-1..P+T-2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class Sample:
+    """One prompt and one completion, with what scoring and learning attach to it."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    index: int = 0
+    """Row of the prompt table it came from."""
+    logprobs: np.ndarray | None = None
+    """Log-probabilities of the completion's tokens under the policy that will be updated."""
+    ref_logprobs: np.ndarray | None = None
+    values: np.ndarray | None = None
+    advantages: np.ndarray | None = None
+    returns: np.ndarray | None = None
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    position_ids: np.ndarray
+    completion_ids: np.ndarray
+    completion_mask: np.ndarray
+    prompt_width: int
+
+
+def collate(samples: Sequence[Sample], pad_id: int) -> TokenBatch:
+    prompt_width = max(len(s.prompt_ids) for s in samples)
+    completion_width = max(max(len(s.completion_ids) for s in samples), 1)
+    n, width = len(samples), prompt_width + completion_width
+    input_ids = np.full((n, width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((n, width), dtype=np.int64)
+    for k, s in enumerate(samples):
+        p, c = len(s.prompt_ids), len(s.completion_ids)
+        input_ids[k, prompt_width - p : prompt_width] = s.prompt_ids
+        input_ids[k, prompt_width : prompt_width + c] = s.completion_ids
+        attention_mask[k, prompt_width - p : prompt_width + c] = 1
+    position_ids = np.clip(np.cumsum(attention_mask, axis=1) - 1, 0, None)
+    completion_mask = attention_mask[:, prompt_width:]
+    return TokenBatch(input_ids, attention_mask, position_ids, input_ids[:, prompt_width:], completion_mask,
+                      prompt_width)
+
+
+def padded(arrays: Sequence[np.ndarray], width: int | None = None, fill: float = 0.0) -> np.ndarray:
+    """Right-pad 1-d arrays into one [n, width] float32 array."""
+    width = width if width is not None else max((len(a) for a in arrays), default=0)
+    out = np.full((len(arrays), max(width, 1)), fill, dtype=np.float32)
+    for k, a in enumerate(arrays):
+        out[k, : len(a)] = a
+    return out
+
+
+def unpadded(matrix: np.ndarray, samples: Sequence[Sample]) -> list[np.ndarray]:
+    """Rows of a [n, T] array cut back to each sample's completion length."""
+    return [np.asarray(matrix[k, : len(s.completion_ids)], dtype=np.float32) for k, s in enumerate(samples)]
+
+
+def shards(items: Sequence, n: int) -> list[list]:
+    """``n`` contiguous shards whose sizes differ by at most one."""
+    bounds = np.linspace(0, len(items), n + 1).round().astype(int)
+    return [list(items[bounds[i] : bounds[i + 1]]) for i in range(n)]

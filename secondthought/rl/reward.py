@@ -1,0 +1,62 @@
+"""What a completion earns, before the KL penalty: pure functions (no Ray, no torch).
+
+adversarial: the discriminator's log-odds that (context, source, chain, target) is gold, clipped,
+plus the edit-validity term; validity: the edit-validity term alone; or a user function.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from secondthought.edits import EditError, decipher, parse
+from secondthought.formatting import check_completion, split_completion
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A completion as a reward function sees it."""
+
+    context: str
+    source: str
+    reference: str
+    """The gold aligned target of the prompt."""
+    text: str
+    """The completion (chain, <|tgt|>, target), special tokens included, EOS removed."""
+    completion_ids: tuple[int, ...]
+
+
+def render_chain(chain_text: str) -> str:
+    """A chain in plain English for an encoder that never saw the edit tokens (raw text if it does not parse)."""
+    try:
+        return decipher(parse(chain_text))
+    except EditError:
+        return chain_text
+
+
+def discriminator_pair(context: str, source: str, chain_text: str, target: str) -> tuple[str, str]:
+    return f"{context} {source}".strip(), f"{render_chain(chain_text)} => {target}"
+
+
+def completion_pair(item: Scored) -> tuple[str, str]:
+    part = split_completion(item.text)
+    return discriminator_pair(item.context, item.source, part.chain_text, part.target)
+
+
+def validity(items: Sequence[Scored]) -> np.ndarray:
+    return np.array([check_completion(item.source, item.text).validity for item in items], dtype=np.float32)
+
+
+def load_reward_function(spec: str) -> Callable[[Sequence[Scored]], Sequence[float]]:
+    """``module:function`` -> the function (it gets the list of Scored samples, returns one float each)."""
+    module_name, _, name = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"--rl.reward {spec!r}: cannot import {name!r} from {module_name!r} ({e})") from None
+    if not callable(function):
+        raise ValueError(f"--rl.reward {spec!r} is not a function")
+    return function

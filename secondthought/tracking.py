@@ -1,0 +1,68 @@
+"""Training metrics: a JSONL file, TensorBoard (or MLflow / W&B) and a progress line with an ETA."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+class Tracker:
+    """Metrics to metrics.jsonl, TensorBoard (or MLflow / W&B) and a progress line, on rank 0 only."""
+
+    def __init__(self, cfg, out: Path, rank: int, total_steps: int, first_step: int, unit: str = "step"):
+        self.active = rank == 0
+        self.total_steps, self.first_step, self.unit = total_steps, first_step, unit
+        self.started = time.time()
+        self.writer = None
+        if not self.active:
+            return
+        self.metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8")
+        if cfg.tracking == "tensorboard":
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+        elif cfg.tracking == "mlflow":
+            import mlflow
+
+            self.writer = mlflow
+        else:
+            import wandb
+
+            wandb.init(project="secondthought", config=asdict(cfg), resume="allow")
+            self.writer = wandb
+
+    def log(self, step: int, metrics: dict, show: bool) -> None:
+        if not self.active:
+            return
+        self.metrics_file.write(json.dumps({self.unit: step, **metrics}) + "\n")
+        self.metrics_file.flush()
+        if hasattr(self.writer, "add_scalar"):
+            for name, value in metrics.items():
+                self.writer.add_scalar(name, value, step)
+        elif self.writer is not None and hasattr(self.writer, "log_metrics"):
+            self.writer.log_metrics(metrics, step=step)
+        elif self.writer is not None:
+            self.writer.log(metrics, step=step)
+        if show:
+            elapsed = time.time() - self.started
+            parts = [f"{self.unit} {step}/{self.total_steps}"] + [
+                f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("epoch",)
+            ]
+            # sys.stdout, not print: Ray Train also copies print() calls to its logs, which doubled each line
+            eta = elapsed / max(step - self.first_step, 1) * (self.total_steps - step)
+            sys.stdout.write(" | ".join(parts) + f" | {elapsed:.0f}s elapsed, ~{eta:.0f}s left\n")
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        if self.active:
+            self.metrics_file.close()
+            if hasattr(self.writer, "close"):
+                self.writer.close()
+
+
+def read_metrics(metrics_file: Path, key: str) -> dict[int, dict]:
+    """The logged metrics, one row per ``key`` value: a step redone after a restart replaces the first try."""
+    return {row[key]: row for row in map(json.loads, metrics_file.read_text().splitlines())}

@@ -1,0 +1,84 @@
+"""The RL stage end to end on real Ray actors and a real DeepSpeed learner, with tiny models."""
+
+import json
+
+import numpy as np
+import pytest
+
+from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig, RLConfig
+from secondthought.prepare import run_prepare
+from secondthought.rl.loop import run_rl
+from secondthought.tracking import read_metrics
+
+FAST = dict(max_new_tokens=16, rollout_workers=2, learner_workers=1, log_every=100)
+
+
+@pytest.fixture(scope="module")
+def prepared(ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rl") / "prepared"
+    run_prepare(DataConfig(), PrepareConfig(cost_sets=[(1, 1, 1)], reverse=True), RayConfig(), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def policy(tokenizer, tmp_path_factory):
+    from secondthought.models import build_base_model
+
+    return build_base_model("tiny-llama", tokenizer, tmp_path_factory.mktemp("rl") / "policy")
+
+
+def scores(out):
+    return {i: row["score"] for i, row in read_metrics(out / "metrics.jsonl", "iteration").items()}
+
+
+def test_a_known_reward_rises(prepared, policy, tmp_path):
+    cfg = RLConfig(**FAST, iterations=8, reward="tests.rewards:even_token_ids", lr=3e-3, kl_coef=0.01, ppo_epochs=2,
+                   top_k=4, checkpoint_every=8)
+    out = tmp_path / "rl"
+    summary = run_rl(prepared, policy, cfg, RayConfig(), out)
+    got = scores(out)
+    assert sorted(got) == list(range(1, 9))
+    assert np.mean([got[i] for i in range(3, 9)]) > got[1] + 0.2, got
+    rows = read_metrics(out / "metrics.jsonl", "iteration")
+    for name in ("kl", "entropy", "clip_fraction", "vf_loss", "pg_loss", "rollout_tokens_per_s", "rollout_s",
+                 "score_s", "learn_s", "sync_s"):
+        assert all(np.isfinite(row[name]) for row in rows.values()), name
+    assert rows[1]["kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout's policy is the reference
+    assert max(row["kl"] for row in rows.values()) > 0.1
+    assert summary["iterations"] == 8 and (out / "rl.png").stat().st_size > 10_000
+
+    from transformers import AutoModelForCausalLM
+
+    refined = AutoModelForCausalLM.from_pretrained(out / "model", use_safetensors=True)
+    start = AutoModelForCausalLM.from_pretrained(policy, use_safetensors=True)
+    assert any(not np.allclose(a.detach(), b.detach()) for a, b in zip(refined.parameters(), start.parameters()))
+    assert (out / "model" / "tokenizer.json").is_file()
+
+
+def test_a_dead_rollout_worker_is_redone_and_resume_continues(prepared, policy, tmp_path, capfd):
+    cfg = dict(FAST, discriminator="tiny-bert", checkpoint_every=2, lr=1e-3)
+    clean = tmp_path / "clean"
+    run_rl(prepared, policy, RLConfig(**cfg, iterations=4), RayConfig(), clean)
+    reference = scores(clean)
+    parts = read_metrics(clean / "metrics.jsonl", "iteration")[4]
+    assert {"disc_logodds", "validity", "disc_loss", "disc_accuracy"} <= set(parts)
+
+    # Rollout worker 0 dies while generating iteration 3: Ray restarts it, it gets the current weights
+    # again and redoes its prompts with the same seed, so the run is the clean run.
+    killed = tmp_path / "killed"
+    run_rl(prepared, policy, RLConfig(**cfg, iterations=4, fault_injection_iteration=3), RayConfig(), killed)
+    assert (killed / "fault-injected").exists()
+    assert "rollout worker 0 died" in capfd.readouterr().out
+    assert scores(killed) == pytest.approx(reference, rel=1e-4, abs=1e-4)
+
+    # A run stopped after iteration 2 continues from its checkpoint to the same iterations 3 and 4.
+    partial = tmp_path / "partial"
+    run_rl(prepared, policy, RLConfig(**cfg, iterations=2), RayConfig(), partial)
+    with pytest.raises(ConfigError, match="--overwrite"):
+        run_rl(prepared, policy, RLConfig(**cfg, iterations=4), RayConfig(), partial)
+    capfd.readouterr()
+    summary = run_rl(prepared, policy, RLConfig(**cfg, iterations=4), RayConfig(), partial, resume=True)
+    assert "resumed at iteration 2" in capfd.readouterr().out
+    assert summary["iterations"] == 4
+    assert scores(partial) == pytest.approx(reference, rel=1e-4, abs=1e-4)
+    assert json.loads((partial / "summary.json").read_text())["model"].endswith("model")
