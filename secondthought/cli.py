@@ -8,12 +8,12 @@ import sys
 
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig, SFTConfig
+from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig, RLConfig, SFTConfig
 from secondthought.runtime import loopback_only
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
-SECTIONS = {"data": DataConfig, "prepare": PrepareConfig, "sft": SFTConfig, "ray": RayConfig}
+SECTIONS = {"data": DataConfig, "prepare": PrepareConfig, "sft": SFTConfig, "rl": RLConfig, "ray": RayConfig}
 
 
 def _stage_parser(description: str, sections: tuple[str, ...]) -> ArgumentParser:
@@ -56,11 +56,27 @@ def build_parser() -> ArgumentParser:
     sft.add_argument("--overwrite", type=bool, default=False, help="replace an earlier run in --out")
     commands.add_subcommand("sft", sft, help="fine-tune on chains of edits (Ray Train + DeepSpeed)")
 
+    rl = _stage_parser(
+        "Refine the fine-tuned model by RL (adversarial imitation, PPO) on plain Ray actors: rollout workers sample "
+        "chains of edits, a discriminator (MiniLM) scores them against gold chains, an edit-validity term checks "
+        "that each chain applies to its source and gives the written target, a frozen reference keeps the policy "
+        "near the SFT model (adaptive KL), and a DeepSpeed learner group runs PPO. Writes out/model (Hugging Face "
+        "safetensors), out/metrics.jsonl, out/tensorboard, out/rl.png, out/summary.json and out/checkpoints "
+        "(--resume continues the newest; a dead rollout worker is restarted and its prompts redone).",
+        ("rl", "ray"),
+    )
+    rl.add_argument("--prepared", required=True, help="output directory of `secondthought prepare`")
+    rl.add_argument("--policy", required=True, help="the model/ folder of `secondthought sft`")
+    rl.add_argument("--out", required=True, help="output directory")
+    rl.add_argument("--resume", type=bool, default=False, help="continue an unfinished run from its newest checkpoint")
+    rl.add_argument("--overwrite", type=bool, default=False, help="replace an earlier run in --out")
+    commands.add_subcommand("rl", rl, help="refine by RL: discriminator reward + PPO on Ray actors")
+
     pipeline = _stage_parser(
-        "The main job: prepare -> fine-tune into one run directory, on the embedded defaults unless told "
+        "The main job: prepare -> fine-tune -> RL into one run directory, on the embedded defaults unless told "
         "otherwise (the bundled sample, SmolLM2-135M-Instruct, a local Ray). A finished stage is not redone "
         "when the command runs again; an unfinished fine-tuning run continues from its checkpoint.",
-        ("data", "prepare", "sft", "ray"),
+        ("data", "prepare", "sft", "rl", "ray"),
     )
     pipeline.add_argument("--out", default="runs/demo", help="run directory")
     pipeline.add_argument("--progress", type=bool, default=True, help="show progress bars")
@@ -105,12 +121,19 @@ def run(argv: list[str] | None = None) -> int:
             summary = run_sft(sub.prepared, sections["sft"], sections["ray"], sub.out, resume=sub.resume,
                               overwrite=sub.overwrite)
             print(json.dumps(summary, indent=2))
+        elif command == "rl":
+            from secondthought.rl.loop import run_rl
+
+            sections = _sections(sub, ("rl", "ray"))
+            summary = run_rl(sub.prepared, sub.policy, sections["rl"], sections["ray"], sub.out, resume=sub.resume,
+                             overwrite=sub.overwrite)
+            print(json.dumps(summary, indent=2))
         elif command == "pipeline":
             from secondthought.pipeline import describe, run_pipeline
 
-            sections = _sections(sub, ("data", "prepare", "sft", "ray"))
-            summary = run_pipeline(sections["data"], sections["prepare"], sections["sft"], sections["ray"],
-                                   sub.out, progress=sub.progress)
+            sections = _sections(sub, ("data", "prepare", "sft", "rl", "ray"))
+            summary = run_pipeline(sections["data"], sections["prepare"], sections["sft"], sections["rl"],
+                                   sections["ray"], sub.out, progress=sub.progress)
             print(describe(summary))
         elif command == "edits":
             from secondthought.edits import compute_edits, decipher, serialize

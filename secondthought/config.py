@@ -58,7 +58,7 @@ class PrepareConfig:
 
     cost_sets: list[tuple[float, float, float]] = field(default_factory=lambda: [(1, 1, 1), (1, 1, 2), (1, 1, 1.5)])
     """(insert, delete, replace) word costs; each gives a chain, identical chains are kept once."""
-    reverse: bool = False
+    reverse: bool = True
     """Also write target -> source chains (direction "reverse"): negatives for the RL discriminator."""
     tokenizer: str = "smollm2"
     """Tokenizer: "smollm2" (embedded default), a local folder, or a hub id on machines with network."""

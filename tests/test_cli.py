@@ -60,7 +60,8 @@ def test_readme_main_command_runs_from_the_console_script_on_loopback(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     exe = os.path.join(os.path.dirname(sys.executable), "secondthought")
     command = [exe, "pipeline", "--out", str(out), "--progress", "false", "--sft.model", "tiny-llama",
-               "--sft.epochs", "1", "--sft.lr", "0.003"]
+               "--sft.epochs", "1", "--sft.lr", "0.003", "--rl.iterations", "2", "--rl.max_new_tokens", "16",
+               "--rl.discriminator", "tiny-bert"]
     seen: set[tuple[str, int, str]] = set()
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         root = psutil.Process(proc.pid)
@@ -84,3 +85,4 @@ def test_readme_main_command_runs_from_the_console_script_on_loopback(tmp_path):
     assert manifest["rows_in"] == manifest["rows_out"] == 204
     assert sorted(p.name for p in (out / "prepared" / "data").iterdir()) == ["eval", "test", "train"]
     assert (out / "sft" / "model" / "model.safetensors").is_file()
+    assert (out / "rl" / "model" / "model.safetensors").is_file() and str(out / "rl" / "model") in stdout

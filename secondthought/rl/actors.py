@@ -174,10 +174,11 @@ class Learner:
         self.cfg, self.policy_dir, self.rank, self.world = RLConfig(**cfg), policy_dir, rank, world
         self.device = _setup_torch(cpus, self.cfg.use_gpu)
 
-    def address(self) -> tuple[str, int]:
-        return _free_address()
+    def address(self) -> str:
+        ip, port = _free_address()
+        return f"tcp://{ip}:{port}"
 
-    def setup(self, address: tuple[str, int]) -> int:
+    def setup(self, init_method: str) -> int:
         import deepspeed
         import torch
         import torch.distributed as dist
@@ -187,8 +188,7 @@ class Learner:
         cfg = self.cfg
         os.environ.setdefault("LOCAL_RANK", "0")  # Ray gives each learner its own device
         backend = "nccl" if self.device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method=f"tcp://{address[0]}:{address[1]}", rank=self.rank,
-                                world_size=self.world)
+        dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world)
         deepspeed.init_distributed(dist_backend=backend)
         torch.manual_seed(cfg.seed)
         lm = load_model(self.policy_dir, dtype=torch.float32)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -108,10 +109,10 @@ def placement(cfg: RLConfig, cpus: float) -> tuple[list[dict], dict[str, list[tu
 class RLRun:
     """The actors of one run and the loop that drives them."""
 
-    def __init__(self, prepared: Path, policy: Path, cfg: RLConfig, out: Path):
+    def __init__(self, prepared: Path, policy: Path, cfg: RLConfig, out: Path, local: bool):
         from transformers import AutoTokenizer
 
-        self.prepared, self.policy, self.cfg, self.out = prepared, policy, cfg, out
+        self.prepared, self.policy, self.cfg, self.out, self.local = prepared, policy, cfg, out, local
         self.tokenizer = AutoTokenizer.from_pretrained(policy)
         self.prompts = load_prompts(prepared)
         self.reward_fn = None if cfg.reward in ("adversarial", "validity") else load_reward_function(cfg.reward)
@@ -160,8 +161,14 @@ class RLRun:
             opts, cpu = options("learner", k)
             self.learners.append(Learner.options(**opts).remote(asdict(cfg), str(self.policy), k,
                                                                 cfg.learner_workers, cpu))
-        address = ray.get(self.learners[0].address.remote())
-        self.n_params = ray.get([learner.setup.remote(address) for learner in self.learners])[0]
+        if self.local:  # one machine: rendezvous through a file, so no TCP store listens on every address
+            rendezvous = self.out / f"rendezvous-{uuid.uuid4().hex}"
+            init_method = f"file://{rendezvous}"
+        else:
+            init_method = ray.get(self.learners[0].address.remote())
+        self.n_params = ray.get([learner.setup.remote(init_method) for learner in self.learners])[0]
+        if self.local:
+            rendezvous.unlink(missing_ok=True)
 
     def stop(self) -> None:
         import ray
@@ -449,7 +456,7 @@ def run_rl(prepared: str | Path, policy: str | Path, cfg: RLConfig, ray_cfg: Ray
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     started = time.time()
     with ray_session(ray_cfg):
-        run = RLRun(prepared, policy, cfg, out)
+        run = RLRun(prepared, policy, cfg, out, local=ray_cfg.address is None)
         if cfg.reward == "adversarial" and not run.prompts.reverse:
             print("[rl] the prepared data has no reversed chains (prepare --prepare.reverse true): the discriminator "
                   "gets the policy's samples as its only negatives", flush=True)
