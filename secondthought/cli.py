@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig, RLConfig, SFTConfig
+from secondthought.config import ConfigError, DataConfig, EvalConfig, PrepareConfig, RayConfig, RLConfig, SFTConfig
 from secondthought.runtime import loopback_only
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
-SECTIONS = {"data": DataConfig, "prepare": PrepareConfig, "sft": SFTConfig, "rl": RLConfig, "ray": RayConfig}
+SECTIONS = {"data": DataConfig, "prepare": PrepareConfig, "sft": SFTConfig, "rl": RLConfig, "eval": EvalConfig,
+            "ray": RayConfig}
 
 
 def _stage_parser(description: str, sections: tuple[str, ...]) -> ArgumentParser:
@@ -72,13 +74,29 @@ def build_parser() -> ArgumentParser:
     rl.add_argument("--overwrite", type=bool, default=False, help="replace an earlier run in --out")
     commands.add_subcommand("rl", rl, help="refine by RL: discriminator reward + PPO on Ray actors")
 
+    evaluate = _stage_parser(
+        "Evaluate systems on the prepared test split: 'copy' (the source) and 'reference' (the human target) "
+        "always, plus each model given with --models. Trains the alignment judge (MiniLM) on the training triples "
+        "the RL stage never uses and reports its held-out accuracy. Writes out/report.json, out/report.md (table "
+        "with 95%% bootstrap intervals, examples as word diffs), out/metrics.png, out/completions.jsonl.",
+        ("eval", "ray"),
+    )
+    evaluate.add_argument("--prepared", required=True, help="output directory of `secondthought prepare`")
+    evaluate.add_argument("--models", type=dict[str, str], required=True,
+                          help='system name -> model folder, e.g. \'{"sft": "runs/demo/sft/model", "rl": "runs/demo/rl/model"}\'')
+    evaluate.add_argument("--base", required=True, help="the base LM folder for perplexity (e.g. runs/demo/sft/base)")
+    evaluate.add_argument("--out", required=True, help="output directory")
+    commands.add_subcommand("eval", evaluate, help="judge + BLEU/ROUGE/perplexity/validity report for each system")
+
     pipeline = _stage_parser(
-        "The main job: prepare -> fine-tune -> RL into one run directory, on the embedded defaults unless told "
+        "The main job: prepare -> fine-tune (with edits, and the targets-only baseline) -> RL -> evaluate into one run directory, on the embedded defaults unless told "
         "otherwise (the bundled sample, SmolLM2-135M-Instruct, a local Ray). A finished stage is not redone "
         "when the command runs again; an unfinished fine-tuning run continues from its checkpoint.",
-        ("data", "prepare", "sft", "rl", "ray"),
+        ("data", "prepare", "sft", "rl", "eval", "ray"),
     )
     pipeline.add_argument("--out", default="runs/demo", help="run directory")
+    pipeline.add_argument("--baseline", type=bool, default=True,
+                          help="also fine-tune the 'SFT on targets only' baseline (no chains of edits) and evaluate it")
     pipeline.add_argument("--progress", type=bool, default=True, help="show progress bars")
     commands.add_subcommand("pipeline", pipeline, help="the whole pipeline into one run directory")
 
@@ -128,12 +146,21 @@ def run(argv: list[str] | None = None) -> int:
             summary = run_rl(sub.prepared, sub.policy, sections["rl"], sections["ray"], sub.out, resume=sub.resume,
                              overwrite=sub.overwrite)
             print(json.dumps(summary, indent=2))
+        elif command == "eval":
+            from secondthought.evaluate import run_eval
+
+            sections = _sections(sub, ("eval", "ray"))
+            report = run_eval(sub.prepared, sub.models, sub.base, sections["eval"], sections["ray"], sub.out)
+            print((Path(sub.out) / "report.md").read_text().split("## Examples")[0])
+            print(f"wrote {sub.out}/report.json, report.md, metrics.png (judge held-out accuracy "
+                  f"{report['judge']['held_out_accuracy']:.3f})")
         elif command == "pipeline":
             from secondthought.pipeline import describe, run_pipeline
 
-            sections = _sections(sub, ("data", "prepare", "sft", "rl", "ray"))
+            sections = _sections(sub, ("data", "prepare", "sft", "rl", "eval", "ray"))
             summary = run_pipeline(sections["data"], sections["prepare"], sections["sft"], sections["rl"],
-                                   sections["ray"], sub.out, progress=sub.progress)
+                                   sections["eval"], sections["ray"], sub.out, progress=sub.progress,
+                                   baseline=sub.baseline)
             print(describe(summary))
         elif command == "edits":
             from secondthought.edits import compute_edits, decipher, serialize

@@ -111,6 +111,8 @@ class SFTConfig:
     """Gradient clipping (0: off)."""
     mask_prompt: bool = True
     """Loss on chain + target only; False also trains on context + source."""
+    chains: bool = True
+    """False: train on prompt -> <|tgt|> target without the chain of edits (the "SFT on targets only" baseline)."""
     bucket_window: int = 64
     """Length bucketing: sort this many micro-batches' worth of rows by length before batching."""
     eval_every: int = 50
@@ -295,6 +297,40 @@ class RLConfig:
 
     def bf16(self) -> bool:
         return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: the judge, the metrics, the report."""
+
+    split: str = "test"
+    """Prepared split to evaluate on."""
+    max_rows: Optional[int] = None
+    """Evaluate on at most this many triples (default: all)."""
+    max_new_tokens: int = 128
+    """Longest completion a model may write (greedy decoding)."""
+    batch_size: int = 16
+    judge: str = "minilm"
+    """Encoder of the alignment judge: "minilm" (embedded), "tiny-bert" (tests) or a local folder."""
+    judge_epochs: int = 4
+    judge_lr: float = 5e-5
+    judge_batch_size: int = 16
+    bootstrap: int = 1000
+    """Bootstrap resamples for the 95% intervals."""
+    examples: int = 5
+    """Test triples shown with every system's output in the report."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_size", "judge_epochs", "judge_batch_size", "bootstrap"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--eval.{name} must be at least 1, got {getattr(self, name)}")
+        if self.split not in ("train", "eval", "test"):
+            raise ConfigError(f"--eval.split must be train, eval or test, got {self.split!r}")
+        if self.max_rows is not None and self.max_rows < 2:
+            raise ConfigError(f"--eval.max_rows must be at least 2, got {self.max_rows}")
+        if not self.judge_lr > 0:
+            raise ConfigError(f"--eval.judge_lr must be positive, got {self.judge_lr}")
 
 
 @dataclass

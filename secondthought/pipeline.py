@@ -1,6 +1,7 @@
 """``secondthought pipeline``: every stage into one run directory, each stage done once.
 
-run_dir/prepared (Ray Data) -> run_dir/sft (Ray Train + DeepSpeed) -> run_dir/rl (Ray actors, PPO).
+run_dir/prepared (Ray Data) -> run_dir/sft (Ray Train + DeepSpeed; run_dir/sft-targets, the
+baseline without edits) -> run_dir/rl (Ray actors, PPO) -> run_dir/eval (judge, metrics, report).
 A finished stage is skipped when the pipeline runs again; an unfinished fine-tuning or RL run
 continues from its latest checkpoint.
 """
@@ -9,11 +10,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
-from secondthought.config import DataConfig, PrepareConfig, RayConfig, RLConfig, SFTConfig
+from secondthought.config import DataConfig, EvalConfig, PrepareConfig, RayConfig, RLConfig, SFTConfig
 from secondthought.runtime import ray_session
 
 SUMMARY = "pipeline.json"
@@ -30,8 +31,9 @@ def _once(name: str, folder: Path, summary_file: str, doing: str, run: Callable[
     return json.loads((folder / summary_file).read_text())
 
 
-def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: RLConfig, ray_cfg: RayConfig,
-                 out: str | Path, progress: bool = True) -> dict:
+def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: RLConfig, evaluation: EvalConfig,
+                 ray_cfg: RayConfig, out: str | Path, progress: bool = True, baseline: bool = True) -> dict:
+    from secondthought.evaluate import run_eval
     from secondthought.prepare import MANIFEST, run_prepare
     from secondthought.rl.loop import SUMMARY as RL_SUMMARY
     from secondthought.rl.loop import run_rl
@@ -42,19 +44,29 @@ def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: R
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(
         {"data": asdict(data), "prepare": asdict(prepare), "sft": asdict(sft), "rl": asdict(rl),
-         "ray": asdict(ray_cfg)}, indent=2))
+         "eval": asdict(evaluation), "ray": asdict(ray_cfg), "baseline": baseline}, indent=2))
     stages: dict[str, dict] = {}
     started = time.time()
     with ray_session(ray_cfg):  # one Ray for every stage
-        prepared, tuned, refined = out / "prepared", out / "sft", out / "rl"
+        prepared, tuned, refined, judged = out / "prepared", out / "sft", out / "rl", out / "eval"
+        targets_only = out / "sft-targets"
         stages["prepare"] = _once("prepare", prepared, MANIFEST, "chains of edits and token ids",
                                   lambda _: run_prepare(data, prepare, ray_cfg, prepared, overwrite=True,
                                                         progress=progress))
         stages["sft"] = _once("sft", tuned, SFT_SUMMARY, f"fine-tuning {sft.model}",
                               lambda unfinished: run_sft(prepared, sft, ray_cfg, tuned, resume=unfinished))
+        if baseline:
+            stages["sft-targets"] = _once(
+                "sft-targets", targets_only, SFT_SUMMARY, "fine-tuning the baseline on targets only (no edits)",
+                lambda unfinished: run_sft(prepared, replace(sft, chains=False), ray_cfg, targets_only,
+                                           resume=unfinished))
         stages["rl"] = _once("rl", refined, RL_SUMMARY, f"refining the fine-tuned model ({rl.iterations} iterations)",
                              lambda unfinished: run_rl(prepared, stages["sft"]["model"], rl, ray_cfg, refined,
                                                        resume=unfinished))
+        systems = {"sft-targets-only": stages["sft-targets"]["model"]} if baseline else {}
+        systems |= {"sft-edits": stages["sft"]["model"], "sft-rl": stages["rl"]["model"]}
+        stages["eval"] = _once("eval", judged, "report.json", f"judging {', '.join(systems)} against copy and reference",
+                               lambda _: run_eval(prepared, systems, tuned / "base", evaluation, ray_cfg, judged))
 
     summary = {
         "run_dir": str(out),
@@ -64,7 +76,10 @@ def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: R
         "best_eval_loss": stages["sft"]["best_eval_loss"],
         "model": stages["rl"]["model"],
         "rl_score": [stages["rl"]["first_score"], stages["rl"]["last_score"]],
-        "plots": [stages["sft"]["loss_plot"], stages["rl"]["plot"]],
+        "plots": [stages["sft"]["loss_plot"], stages["rl"]["plot"], str(judged / "metrics.png")],
+        "report": str(judged / "report.md"),
+        "judge_accuracy": stages["eval"]["judge"]["held_out_accuracy"],
+        "results": {s["system"]: {k: s["metrics"][k][0] for k in ("alignment", "bleu")} for s in stages["eval"]["systems"]},
         "quarantine": str(prepared / "quarantine.jsonl"),
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
@@ -79,5 +94,7 @@ def describe(summary: dict) -> str:
         f"see {summary['quarantine']}), {rows['chains_out']} chains of edits",
         f"  sft:    {summary['sft_model']} (best eval loss {summary['best_eval_loss']:.4f})",
         f"  rl:     {summary['model']} (reward {summary['rl_score'][0]:.3f} -> {summary['rl_score'][1]:.3f})",
+        f"  report: {summary['report']} (judge held-out accuracy {summary['judge_accuracy']:.3f})",
+        *(f"          {name:17s} alignment {r['alignment']:.3f}  BLEU {r['bleu']:.1f}" for name, r in summary["results"].items()),
         f"  plots:  {', '.join(summary['plots'])}",
     ])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from secondthought.batching import micro_batches_per_epoch
 from secondthought.config import ConfigError, RayConfig, SFTConfig
+from secondthought.formatting import TGT
 from secondthought.prepare import MANIFEST
 from secondthought.runtime import ray_session
 from secondthought.tracking import read_metrics
@@ -117,6 +118,7 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
         raise ConfigError(f"the eval split has {n_eval} chains: too few to evaluate on {cfg.num_workers} workers")
     plan = {
         "out": str(out), "base_dir": str(base_dir), "pad_id": tokenizer.pad_token_id,
+        "tgt_id": tokenizer.convert_tokens_to_ids(TGT),
         "micro_batches_per_epoch": per_epoch, "total_steps": total_steps,
         "warmup_steps": int(cfg.warmup_fraction * total_steps), "eval_rows_per_rank": eval_used // cfg.num_workers,
         "checkpoints": str(out / "ray" / RUN_NAME),

@@ -58,10 +58,15 @@ def deepspeed_config(cfg: SFTConfig) -> dict:
                          cfg.offload_optimizer, cfg.offload_params, cfg.use_gpu, cfg.lr, cfg.weight_decay)
 
 
-def _rows(iterator) -> Iterator[Row]:
+def _rows(iterator, cut_chain_at: int | None = None) -> Iterator[Row]:
+    """Training rows; with ``cut_chain_at`` (the id of <|tgt|>) the chain of edits is cut out:
+    prompt -> <|tgt|> target, the "SFT on targets only" baseline."""
     for batch in iterator.iter_batches(batch_size=2048, batch_format="numpy"):
         for ids, prompt_len in zip(batch["input_ids"], batch["prompt_len"]):
-            yield Row(np.asarray(ids, dtype=np.int64), int(prompt_len))
+            ids = np.asarray(ids, dtype=np.int64)
+            if cut_chain_at is not None:
+                ids = np.concatenate([ids[:prompt_len], ids[prompt_len + int(np.argmax(ids[prompt_len:] == cut_chain_at)):]])
+            yield Row(ids, int(prompt_len))
 
 
 def _to_device(batch: Batch, device) -> dict:
@@ -197,7 +202,8 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"resumed at step {state.step} (epoch {state.epoch}, micro-batch {state.batches_done})", flush=True)
 
     pad_id = plan["pad_id"]
-    eval_rows = list(islice(rows_of_rank(_rows(ray.train.get_dataset_shard("eval")), rank, world),
+    cut = None if cfg.chains else plan["tgt_id"]
+    eval_rows = list(islice(rows_of_rank(_rows(ray.train.get_dataset_shard("eval"), cut), rank, world),
                             plan["eval_rows_per_rank"]))
     train_shard = ray.train.get_dataset_shard("train")
     tracker = Tracker(cfg, out, rank, total, state.step)
@@ -206,7 +212,7 @@ def train_loop_per_worker(config: dict) -> None:
     window_started, window_tokens, window_padded, window_loss, window_micro = time.time(), 0, 0, 0.0, 0
     stop = state.step >= total
     while not stop and state.epoch < cfg.epochs:
-        batches = bucketed(rows_of_rank(_rows(train_shard), rank, world), cfg.micro_batch_size,
+        batches = bucketed(rows_of_rank(_rows(train_shard, cut), rank, world), cfg.micro_batch_size,
                            cfg.bucket_window, cfg.seed, state.epoch)
         for index, rows in enumerate(islice(batches, plan["micro_batches_per_epoch"])):
             if index < state.batches_done:

@@ -61,7 +61,8 @@ def test_readme_main_command_runs_from_the_console_script_on_loopback(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "secondthought")
     command = [exe, "pipeline", "--out", str(out), "--progress", "false", "--sft.model", "tiny-llama",
                "--sft.epochs", "1", "--sft.lr", "0.003", "--rl.iterations", "2", "--rl.max_new_tokens", "16",
-               "--rl.discriminator", "tiny-bert"]
+               "--rl.discriminator", "tiny-bert", "--eval.judge", "tiny-bert", "--eval.max_new_tokens", "16",
+               "--eval.bootstrap", "100"]
     seen: set[tuple[str, int, str]] = set()
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         root = psutil.Process(proc.pid)
@@ -86,3 +87,7 @@ def test_readme_main_command_runs_from_the_console_script_on_loopback(tmp_path):
     assert sorted(p.name for p in (out / "prepared" / "data").iterdir()) == ["eval", "test", "train"]
     assert (out / "sft" / "model" / "model.safetensors").is_file()
     assert (out / "rl" / "model" / "model.safetensors").is_file() and str(out / "rl" / "model") in stdout
+    assert (out / "sft-targets" / "model" / "model.safetensors").is_file()  # the baseline without edits
+    systems = [s["system"] for s in json.loads((out / "eval" / "report.json").read_text())["systems"]]
+    assert systems == ["copy", "reference", "sft-targets-only", "sft-edits", "sft-rl"]
+    assert str(out / "eval" / "report.md") in stdout

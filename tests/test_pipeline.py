@@ -1,23 +1,41 @@
 import json
 
-from secondthought.config import DataConfig, PrepareConfig, RayConfig, RLConfig, SFTConfig
+import pytest
+
+from secondthought.config import DataConfig, EvalConfig, PrepareConfig, RayConfig, RLConfig, SFTConfig
 from secondthought.pipeline import describe, run_pipeline
 
 
 def test_pipeline_runs_every_stage_once(ray_local, tmp_path, capsys):
     sft = SFTConfig(model="tiny-llama", epochs=1, micro_batch_size=8, lr=3e-3, eval_every=100, log_every=100)
     rl = RLConfig(iterations=2, max_new_tokens=16, discriminator="tiny-bert", log_every=100)
+    evaluation = EvalConfig(judge="tiny-bert", max_new_tokens=16, bootstrap=100)
     out = tmp_path / "run"
-    summary = run_pipeline(DataConfig(), PrepareConfig(), sft, rl, RayConfig(), out, progress=False)
+    summary = run_pipeline(DataConfig(), PrepareConfig(), sft, rl, evaluation, RayConfig(), out, progress=False,
+                           baseline=False)
     assert summary["rows"]["rows_in"] == 204 and summary["rows"]["rows_quarantined"] == 0
     assert (out / "sft" / "model" / "model.safetensors").is_file()
     assert summary["model"] == str(out / "rl" / "model") and (out / "rl" / "model" / "model.safetensors").is_file()
     assert json.loads((out / "pipeline.json").read_text())["model"] == summary["model"]
     text = describe(summary)
-    assert summary["model"] in text and "loss.png" in text and "rl.png" in text
+    assert summary["model"] in text and "loss.png" in text and "rl.png" in text and "report.md" in text
+
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert [s["system"] for s in report["systems"]] == ["copy", "reference", "sft-edits", "sft-rl"]
+    assert report["test_rows"] == len((out / "eval" / "completions.jsonl").read_text().splitlines()) > 0
+    assert 0 <= report["judge"]["held_out_accuracy"] <= 1
+    by_name = {s["system"]: s["metrics"] for s in report["systems"]}
+    assert by_name["reference"]["bleu"][0] == pytest.approx(100.0) and by_name["reference"]["rouge_l"][0] == 1.0
+    for name in ("sft-edits", "sft-rl"):
+        assert 0 <= by_name[name]["validity"][0] <= 1 and 0 <= by_name[name]["consistency"][0] <= 1
+        low, high = by_name[name]["alignment"][1:]
+        assert low <= by_name[name]["alignment"][0] <= high
+    assert "| sft-rl |" in (out / "eval" / "report.md").read_text()
+    assert (out / "eval" / "metrics.png").stat().st_size > 10_000
 
     capsys.readouterr()
-    again = run_pipeline(DataConfig(), PrepareConfig(), sft, rl, RayConfig(), out, progress=False)
+    again = run_pipeline(DataConfig(), PrepareConfig(), sft, rl, evaluation, RayConfig(), out, progress=False,
+                           baseline=False)
     said = capsys.readouterr().out
-    assert "prepare: done before" in said and "sft: done before" in said and "rl: done before" in said
+    assert all(f"{stage}: done before" in said for stage in ("prepare", "sft", "rl", "eval"))
     assert again["model"] == summary["model"]

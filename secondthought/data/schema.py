@@ -78,6 +78,12 @@ def hashed_split(key: str, eval_fraction: float, test_fraction: float) -> str:
     return "eval" if u < test_fraction + eval_fraction else "train"
 
 
+def judge_held_out(key: str) -> bool:
+    """Training triples kept for the evaluation judge (a stable half, by another hash than the splits):
+    the RL stage neither prompts with them nor shows them to its discriminator."""
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=8, person=b"judge").digest()[0] % 2 == 1
+
+
 def problem(triple: Triple, max_chars: int) -> str | None:
     """Why a triple cannot be used, or None."""
     for name in ("context", "source", "target"):

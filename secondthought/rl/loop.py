@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from secondthought.config import ConfigError, RayConfig, RLConfig
+from secondthought.data.schema import judge_held_out
 from secondthought.rl import ppo
 from secondthought.rl.experience import Sample, padded, shards, unpadded
 from secondthought.rl.reward import Scored, completion_pair, discriminator_pair, load_reward_function, validity
@@ -55,12 +56,15 @@ class Prompts:
 
 
 def load_prompts(prepared: Path) -> Prompts:
+    """Training triples, less the half held out for the evaluation judge."""
     import pyarrow.dataset as pads
 
     columns = ["id", "direction", "context", "source", "target", "chain", "prompt_len", "input_ids"]
     table = pads.dataset(prepared / "data" / "train", format="parquet").to_table(columns=columns).to_pylist()
     seen, reverse = {}, {}
     for row in table:
+        if judge_held_out(row["id"]):
+            continue
         if row["direction"] == "forward" and row["id"] not in seen:
             seen[row["id"]] = row
         elif row["direction"] == "reverse" and row["id"] not in reverse:

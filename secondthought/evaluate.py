@@ -1,0 +1,295 @@
+"""``secondthought eval``: judge, metrics and report for every system on the test split.
+
+Systems: "copy" (the source unchanged), "reference" (the human target: an upper bound), and any
+number of models (e.g. SFT on targets only, SFT with edits, SFT + RL), each decoded greedily from
+the test prompts in a Ray task. Metrics per system, each with a bootstrap 95% interval: alignment
+(the judge's probability that the written text is the aligned one), win rate against the source,
+BLEU and ROUGE-L against the reference (sacrebleu, rouge-score), perplexity of the written text
+under the base LM, edit-chain validity and consistency, chain length.
+
+The judge is a MiniLM pair classifier trained on (context, action) -> aligned? from the half of the
+training triples that the RL stage never uses (``judge_held_out``); its accuracy on the test split is
+reported with every evaluation. It is not the RL discriminator.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from secondthought.config import ConfigError, EvalConfig, RayConfig
+from secondthought.data.schema import judge_held_out
+from secondthought.formatting import check_completion, split_completion
+from secondthought.runtime import ray_session
+
+NON_MODELS = ("copy", "reference")
+
+
+@dataclass
+class EvalRow:
+    id: str
+    context: str
+    source: str
+    target: str
+    prompt_ids: list[int]
+
+
+def _triples(prepared: Path, split: str) -> list[EvalRow]:
+    import pyarrow.dataset as pads
+
+    folder = prepared / "data" / split
+    if not folder.is_dir():
+        return []
+    columns = ["id", "direction", "context", "source", "target", "prompt_len", "input_ids"]
+    rows, seen = [], set()
+    for r in pads.dataset(folder, format="parquet").to_table(columns=columns).to_pylist():
+        if r["direction"] == "forward" and r["id"] not in seen:
+            seen.add(r["id"])
+            rows.append(EvalRow(r["id"], r["context"], r["source"], r["target"], list(r["input_ids"][: r["prompt_len"]])))
+    return sorted(rows, key=lambda r: r.id)
+
+
+def labelled(rows: list[EvalRow]) -> tuple[list[tuple[str, str]], list[float]]:
+    """(context, action) pairs: the unaligned source is 0, the aligned target 1."""
+    pairs = [(r.context, text) for r in rows for text in (r.source, r.target)]
+    return pairs, [0.0, 1.0] * len(rows)
+
+
+def train_judge(prepared: Path, cfg: EvalConfig, out: Path, test: list[EvalRow]) -> dict:
+    from secondthought.classifier import PairClassifier
+
+    train = [r for r in _triples(prepared, "train") if judge_held_out(r.id)]
+    if len(train) < 2:
+        raise ConfigError(f"{prepared} has {len(train)} training triples held out for the judge: too few to train it")
+    judge = PairClassifier(cfg.judge, lr=cfg.judge_lr, seed=cfg.seed)
+    pairs, labels = labelled(train)
+    rng = np.random.default_rng(cfg.seed)
+    losses = []
+    for _ in range(cfg.judge_epochs):
+        order = rng.permutation(len(pairs))
+        for start in range(0, len(order), cfg.judge_batch_size):
+            idx = order[start : start + cfg.judge_batch_size]
+            losses.append(judge.train_step([pairs[i] for i in idx], [labels[i] for i in idx])["loss"])
+    test_pairs, test_labels = labelled(test)
+    accuracy = float(np.mean((judge.logits(test_pairs) > 0) == np.asarray(test_labels, dtype=bool)))
+    judge.save(out / "judge")
+    return {"train_triples": len(train), "held_out_accuracy": accuracy, "test_pairs": len(test_pairs),
+            "first_loss": losses[0], "last_loss": losses[-1], "folder": str(out / "judge")}
+
+
+def generate(model_dir: str, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy completions, decoded with special tokens and without EOS."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from secondthought.models import load_model
+    from secondthought.rl.generation import SamplingParams, sample
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = load_model(model_dir).eval()
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0, batch_size=batch_size)
+    eos = tokenizer.eos_token_id
+    completions = sample(model, prompts, eos, tokenizer.pad_token_id, params, seed=0)
+    return [tokenizer.decode([t for t in c if t != eos], skip_special_tokens=False) for c in completions]
+
+
+def perplexities(base_dir: str, contexts: list[str], texts: list[str]) -> np.ndarray:
+    """Per-row mean negative log-likelihood of each text after its context, under the base LM."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from secondthought.models import load_model
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = load_model(base_dir).eval()
+    nll = []
+    with torch.no_grad():
+        for context, text in zip(contexts, texts):
+            ctx = tokenizer(context, add_special_tokens=False).input_ids
+            ids = tokenizer(" " + text.strip(), add_special_tokens=False).input_ids or [tokenizer.eos_token_id]
+            full = torch.tensor([ctx + ids])
+            logits = model(full).logits[0, len(ctx) - 1 : -1] if ctx else model(full).logits[0, :-1]
+            targets = full[0, len(ctx):] if ctx else full[0, 1:]
+            nll.append(float(torch.nn.functional.cross_entropy(logits.float(), targets)))
+    return np.asarray(nll)
+
+
+def bootstrap(values: np.ndarray, statistic=np.mean, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """The statistic and its 95% percentile-bootstrap interval over rows (scipy.stats.bootstrap)."""
+    from scipy.stats import bootstrap as scipy_bootstrap
+
+    values = np.asarray(values)
+    point = float(statistic(values))
+    if len(values) < 2 or np.all(values == values[0]):
+        return point, point, point
+    result = scipy_bootstrap((values,), statistic, n_resamples=resamples, method="percentile",
+                             random_state=np.random.default_rng(seed), vectorized=False)
+    return point, float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def corpus_bleu_of(hypotheses: list[str], references: list[str], resamples: int, seed: int) -> tuple:
+    import sacrebleu
+
+    def bleu(index: np.ndarray) -> float:
+        index = np.asarray(index, dtype=int)
+        return sacrebleu.corpus_bleu([hypotheses[i] for i in index], [[references[i] for i in index]]).score
+
+    return bootstrap(np.arange(len(hypotheses)), bleu, resamples, seed)
+
+
+def rouge_l(hypotheses: list[str], references: list[str]) -> np.ndarray:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return np.asarray([scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hypotheses, references)])
+
+
+def word_diff(source: str, target: str) -> str:
+    """Markdown diff by words: ~~removed~~ **added**."""
+    a, b = source.split(), target.split()
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "equal":
+            out += a[i1:i2]
+        if op in ("delete", "replace"):
+            out.append("~~" + " ".join(a[i1:i2]) + "~~")
+        if op in ("insert", "replace"):
+            out.append("**" + " ".join(b[j1:j2]) + "**")
+    return " ".join(out)
+
+
+def system_metrics(name: str, rows: list[EvalRow], texts: list[str], completions: list[str] | None,
+                   aligned: np.ndarray, source_aligned: np.ndarray, nll: np.ndarray, cfg: EvalConfig) -> dict:
+    refs = [r.target for r in rows]
+    wins = np.where(aligned > source_aligned, 1.0, np.where(aligned == source_aligned, 0.5, 0.0))
+    metrics = {
+        "alignment": bootstrap(aligned, resamples=cfg.bootstrap, seed=cfg.seed),
+        "win_rate_vs_source": bootstrap(wins, resamples=cfg.bootstrap, seed=cfg.seed),
+        "bleu": corpus_bleu_of(texts, refs, cfg.bootstrap, cfg.seed),
+        "rouge_l": bootstrap(rouge_l(texts, refs), resamples=cfg.bootstrap, seed=cfg.seed),
+        "perplexity": tuple(math.exp(v) for v in bootstrap(nll, resamples=cfg.bootstrap, seed=cfg.seed)),
+    }
+    if completions is not None:
+        verdicts = [check_completion(r.source, c) for r, c in zip(rows, completions)]
+        metrics["validity"] = bootstrap(np.array([v.applies for v in verdicts], float), resamples=cfg.bootstrap,
+                                        seed=cfg.seed)
+        metrics["consistency"] = bootstrap(np.array([v.consistent for v in verdicts], float),
+                                           resamples=cfg.bootstrap, seed=cfg.seed)
+        lengths = np.array([v.n_edits for v in verdicts if v.parses], float)
+        metrics["chain_length"] = bootstrap(lengths, resamples=cfg.bootstrap, seed=cfg.seed) if len(lengths) else None
+    return {"system": name, "metrics": metrics}
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    point, low, high = value
+    return f"{point:.3f} [{low:.3f}, {high:.3f}]"
+
+
+COLUMNS = ("alignment", "win_rate_vs_source", "bleu", "rouge_l", "perplexity", "validity", "consistency", "chain_length")
+
+
+def markdown(report: dict, examples: list[dict]) -> str:
+    judge = report["judge"]
+    lines = [
+        "# SecondThought evaluation", "",
+        f"{report['test_rows']} test triples from `{report['prepared']}`. Judge: {report['config']['judge']} trained on "
+        f"{judge['train_triples']} held-out training triples, **held-out accuracy {judge['held_out_accuracy']:.3f}** "
+        f"on {judge['test_pairs']} test actions. Alignment is the judge's probability of aligned (an automatic "
+        "judge, not the paper's human 1-7 rating). Each cell: value [95% bootstrap interval]; BLEU is corpus BLEU "
+        "(sacrebleu), ROUGE-L F1 (rouge-score), perplexity of the written text after its context under the base LM.",
+        "", "| system | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|",
+    ]
+    for system in report["systems"]:
+        lines.append(f"| {system['system']} | " + " | ".join(_cell(system["metrics"].get(c)) for c in COLUMNS) + " |")
+    lines += ["", "## Examples", ""]
+    for ex in examples:
+        lines += [f"**{ex['id']}** - context: {ex['context']}", "", f"- source: {ex['source']}"]
+        for name, text in ex["outputs"].items():
+            lines.append(f"- {name}: {word_diff(ex['source'], text)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(report: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s["system"] for s in report["systems"]]
+    panels = ("alignment", "win_rate_vs_source", "bleu", "rouge_l")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8))
+    for ax, metric in zip(axes, panels):
+        values = [s["metrics"][metric] for s in report["systems"]]
+        points = [v[0] for v in values]
+        errors = [[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]]
+        ax.bar(range(len(names)), points, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_title(metric)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Path, cfg: EvalConfig,
+             ray_cfg: RayConfig, out: str | Path) -> dict:
+    """Evaluate ``systems`` (name -> model folder; "copy" and "reference" are built in) into ``out``."""
+    prepared, out = Path(prepared).expanduser().resolve(), Path(out).expanduser().resolve()
+    test = _triples(prepared, cfg.split)
+    if not test:
+        raise ConfigError(f"{prepared}/data/{cfg.split} holds no triples to evaluate")
+    test = test[: cfg.max_rows] if cfg.max_rows else test
+    for name, folder in systems.items():
+        if not (Path(folder) / "config.json").is_file():
+            raise ConfigError(f"system {name!r}: {folder} is not a model folder")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with ray_session(ray_cfg):
+        import ray
+
+        prompts = [r.prompt_ids for r in test]
+        remote = ray.remote(num_cpus=1)
+        jobs = {name: remote(generate).remote(str(folder), prompts, cfg.max_new_tokens, cfg.batch_size)
+                for name, folder in systems.items()}
+        judge_job = remote(train_judge).remote(prepared, cfg, out, test)
+        completions = {name: ray.get(job) for name, job in jobs.items()}
+        judge_info = ray.get(judge_job)
+        texts = {"copy": [r.source for r in test], "reference": [r.target for r in test]}
+        texts |= {name: [split_completion(c).target.strip() for c in done] for name, done in completions.items()}
+        contexts = [r.context for r in test]
+        nll = {name: remote(perplexities).remote(str(base_model), contexts, t) for name, t in texts.items()}
+        nll = {name: ray.get(job) for name, job in nll.items()}
+
+    from secondthought.classifier import PairClassifier
+
+    judge = PairClassifier(str(out / "judge"))
+    source_aligned = 1 / (1 + np.exp(-judge.logits([(r.context, r.source) for r in test])))
+    results = []
+    for name, written in texts.items():
+        aligned = 1 / (1 + np.exp(-judge.logits([(r.context, t) for r, t in zip(test, written)])))
+        results.append(system_metrics(name, test, written, completions.get(name), aligned, source_aligned,
+                                      nll[name], cfg))
+    report = {"prepared": str(prepared), "split": cfg.split, "test_rows": len(test), "judge": judge_info,
+              "systems": results, "models": {k: str(v) for k, v in systems.items()}, "config": asdict(cfg),
+              "seconds": round(time.time() - started, 1)}
+    examples = [{"id": r.id, "context": r.context, "source": r.source,
+                 "outputs": {name: texts[name][k] for name in texts if name != "copy"}}
+                for k, r in enumerate(test[: cfg.examples])]
+    (out / "completions.jsonl").write_text("".join(
+        json.dumps({"id": r.id, **{name: completions[name][k] for name in completions}}) + "\n"
+        for k, r in enumerate(test)))
+    (out / "report.md").write_text(markdown(report, examples) + "\n")
+    plot(report, out / "metrics.png")
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")  # last: marks the evaluation done
+    return report

@@ -1,0 +1,54 @@
+"""Metric functions of the evaluation on inputs whose answers are known."""
+
+import numpy as np
+import pytest
+
+from secondthought.config import ConfigError, EvalConfig
+from secondthought.evaluate import EvalRow, bootstrap, corpus_bleu_of, labelled, markdown, rouge_l, word_diff
+
+
+def test_bleu_and_rouge_from_the_libraries():
+    refs = ["Tom asks the man to leave politely.", "Maya waits her turn in line."]
+    assert corpus_bleu_of(refs, refs, 50, 0)[0] == pytest.approx(100.0)
+    assert corpus_bleu_of(["completely different words here", "nothing alike"], refs, 50, 0)[0] < 5
+    assert rouge_l(refs, refs).tolist() == [1.0, 1.0]
+    partial = rouge_l(["Tom asks the man"], refs[:1])[0]
+    assert partial == pytest.approx(2 * (1.0 * 4 / 7) / (1.0 + 4 / 7))  # precision 1, recall 4/7
+
+
+def test_bootstrap_interval_contains_the_mean_and_narrows_with_data():
+    rng = np.random.default_rng(0)
+    small = rng.normal(0.5, 0.1, 20)
+    large = rng.normal(0.5, 0.1, 2000)
+    point, low, high = bootstrap(small, resamples=500)
+    assert low < point < high and point == pytest.approx(small.mean())
+    _, low2, high2 = bootstrap(large, resamples=500)
+    assert high2 - low2 < (high - low) / 4
+    assert bootstrap(np.ones(5)) == (1.0, 1.0, 1.0)
+
+
+def test_word_diff_marks_removed_and_added_words():
+    assert word_diff("Tom shoves the man away.", "Tom asks the man to leave.") == \
+        "Tom ~~shoves~~ **asks** the man ~~away.~~ **to leave.**"
+    assert word_diff("same text", "same text") == "same text"
+
+
+def test_judge_pairs_label_source_0_and_target_1():
+    rows = [EvalRow("a", "Be kind.", "Tom hits.", "Tom helps.", [1])]
+    assert labelled(rows) == ([("Be kind.", "Tom hits."), ("Be kind.", "Tom helps.")], [0.0, 1.0])
+
+
+def test_markdown_table_has_a_row_per_system_with_intervals():
+    report = {"test_rows": 2, "prepared": "p", "config": {"judge": "minilm"},
+              "judge": {"train_triples": 10, "held_out_accuracy": 0.75, "test_pairs": 4},
+              "systems": [{"system": "copy", "metrics": {"alignment": (0.2, 0.1, 0.3), "bleu": (10.0, 5.0, 15.0)}}]}
+    text = markdown(report, [{"id": "a", "context": "c", "source": "x y", "outputs": {"m": "x z"}}])
+    assert "| copy | 0.200 [0.100, 0.300] | n/a | 10.000 [5.000, 15.000]" in text
+    assert "held-out accuracy 0.750" in text and "- m: x ~~y~~ **z**" in text
+
+
+def test_eval_config_errors():
+    with pytest.raises(ConfigError, match="--eval.split"):
+        EvalConfig(split="dev")
+    with pytest.raises(ConfigError, match="--eval.bootstrap"):
+        EvalConfig(bootstrap=0)
