@@ -9,13 +9,22 @@ from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-from secondthought.config import ConfigError, DataConfig, EvalConfig, PrepareConfig, RayConfig, RLConfig, SFTConfig
+from secondthought.config import (
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    PrepareConfig,
+    RayConfig,
+    RLConfig,
+    SFTConfig,
+    TransferConfig,
+)
 from secondthought.runtime import loopback_only
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 SECTIONS = {"data": DataConfig, "prepare": PrepareConfig, "sft": SFTConfig, "rl": RLConfig, "eval": EvalConfig,
-            "ray": RayConfig}
+            "transfer": TransferConfig, "ray": RayConfig}
 
 
 def _stage_parser(description: str, sections: tuple[str, ...]) -> ArgumentParser:
@@ -88,6 +97,18 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--out", required=True, help="output directory")
     commands.add_subcommand("eval", evaluate, help="judge + BLEU/ROUGE/perplexity/validity report for each system")
 
+    transfer = _stage_parser(
+        "Few-shot transfer: prepare another dataset (e.g. --data.dataset ethics-deontology --data.input "
+        "deontology_train.csv) with the model's tokenizer, fine-tune the model on k of its training triples for each "
+        "k in --transfer.shots (0: as it is), and evaluate every adapted model on its test split. Writes "
+        "out/k<k>/model, out/eval/report.md and out/transfer.json.",
+        ("data", "transfer", "eval", "ray"),
+    )
+    transfer.add_argument("--model", required=True, help="a fine-tuned model folder, e.g. runs/demo/sft/model")
+    transfer.add_argument("--base", default=None, help="base LM for perplexity (default: the model's ../base)")
+    transfer.add_argument("--out", required=True, help="output directory")
+    commands.add_subcommand("transfer", transfer, help="few-shot transfer to another dataset, k in {0, 10, 100}")
+
     pipeline = _stage_parser(
         "The main job: prepare -> fine-tune (with edits, and the targets-only baseline) -> RL -> evaluate into one run directory, on the embedded defaults unless told "
         "otherwise (the bundled sample, SmolLM2-135M-Instruct, a local Ray). A finished stage is not redone "
@@ -154,6 +175,13 @@ def run(argv: list[str] | None = None) -> int:
             print((Path(sub.out) / "report.md").read_text().split("## Examples")[0])
             print(f"wrote {sub.out}/report.json, report.md, metrics.png (judge held-out accuracy "
                   f"{report['judge']['held_out_accuracy']:.3f})")
+        elif command == "transfer":
+            from secondthought.transfer import run_transfer
+
+            sections = _sections(sub, ("data", "transfer", "eval", "ray"))
+            result = run_transfer(sub.model, sections["data"], sections["transfer"], sections["eval"],
+                                  sections["ray"], sub.out, base=sub.base)
+            print(json.dumps(result, indent=2))
         elif command == "pipeline":
             from secondthought.pipeline import describe, run_pipeline
 

@@ -121,6 +121,8 @@ class SFTConfig:
     """Stop when eval loss has not improved for this many evaluations (the paper: 5; 0: never)."""
     max_eval_rows: Optional[int] = None
     """Evaluate on at most this many eval rows (default: all)."""
+    max_train_rows: Optional[int] = None
+    """Train on the first this many training chains only (few-shot adaptation; default: all)."""
     zero_stage: int = 2
     """DeepSpeed ZeRO stage 0-3."""
     offload_optimizer: bool = False
@@ -173,8 +175,9 @@ class SFTConfig:
             raise ConfigError(f"--sft.precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.tracking not in ("tensorboard", "mlflow", "wandb"):
             raise ConfigError(f"--sft.tracking must be tensorboard, mlflow or wandb, got {self.tracking!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"--sft.max_steps must be at least 1, got {self.max_steps}")
+        for name in ("max_steps", "max_train_rows", "max_eval_rows"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"--sft.{name} must be at least 1, got {getattr(self, name)}")
 
     def bf16(self) -> bool:
         return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
@@ -331,6 +334,29 @@ class EvalConfig:
             raise ConfigError(f"--eval.max_rows must be at least 2, got {self.max_rows}")
         if not self.judge_lr > 0:
             raise ConfigError(f"--eval.judge_lr must be positive, got {self.judge_lr}")
+
+
+@dataclass
+class TransferConfig:
+    """Few-shot transfer: adapt a fine-tuned model with k examples of another dataset, evaluate there."""
+
+    shots: list[int] = field(default_factory=lambda: [0, 10, 100])
+    """Numbers of training triples to adapt with (0: the model as it is)."""
+    epochs: int = 5
+    """Passes over the k examples."""
+    micro_batch_size: int = 4
+    lr: float = 1e-4
+    max_eval_rows: int = 64
+    """Eval-split chains for the adaptation runs' eval loss."""
+
+    def __post_init__(self) -> None:
+        if not self.shots or any(k < 0 for k in self.shots):
+            raise ConfigError(f"--transfer.shots must be numbers >= 0, got {self.shots}")
+        for name in ("epochs", "micro_batch_size", "max_eval_rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--transfer.{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"--transfer.lr must be positive, got {self.lr}")
 
 
 @dataclass

@@ -20,13 +20,13 @@ from secondthought.runtime import ray_session
 SUMMARY = "pipeline.json"
 
 
-def _once(name: str, folder: Path, summary_file: str, doing: str, run: Callable[[bool], object]) -> dict:
+def run_once(name: str, folder: Path, summary_file: str, doing: str, run: Callable[[bool], object]) -> dict:
     """Run a stage unless its summary file says it finished; ``run(unfinished)`` continues a started one."""
     if (folder / summary_file).is_file():
-        print(f"[pipeline] {name}: done before, using {folder}", flush=True)
+        print(f"[secondthought] {name}: done before, using {folder}", flush=True)
     else:
         unfinished = folder.is_dir() and any(folder.iterdir())
-        print(f"[pipeline] {name}: {'continuing' if unfinished else doing}", flush=True)
+        print(f"[secondthought] {name}: {'continuing' if unfinished else doing}", flush=True)
         run(unfinished)
     return json.loads((folder / summary_file).read_text())
 
@@ -50,22 +50,22 @@ def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: R
     with ray_session(ray_cfg):  # one Ray for every stage
         prepared, tuned, refined, judged = out / "prepared", out / "sft", out / "rl", out / "eval"
         targets_only = out / "sft-targets"
-        stages["prepare"] = _once("prepare", prepared, MANIFEST, "chains of edits and token ids",
+        stages["prepare"] = run_once("prepare", prepared, MANIFEST, "chains of edits and token ids",
                                   lambda _: run_prepare(data, prepare, ray_cfg, prepared, overwrite=True,
                                                         progress=progress))
-        stages["sft"] = _once("sft", tuned, SFT_SUMMARY, f"fine-tuning {sft.model}",
+        stages["sft"] = run_once("sft", tuned, SFT_SUMMARY, f"fine-tuning {sft.model}",
                               lambda unfinished: run_sft(prepared, sft, ray_cfg, tuned, resume=unfinished))
         if baseline:
-            stages["sft-targets"] = _once(
+            stages["sft-targets"] = run_once(
                 "sft-targets", targets_only, SFT_SUMMARY, "fine-tuning the baseline on targets only (no edits)",
                 lambda unfinished: run_sft(prepared, replace(sft, chains=False), ray_cfg, targets_only,
                                            resume=unfinished))
-        stages["rl"] = _once("rl", refined, RL_SUMMARY, f"refining the fine-tuned model ({rl.iterations} iterations)",
+        stages["rl"] = run_once("rl", refined, RL_SUMMARY, f"refining the fine-tuned model ({rl.iterations} iterations)",
                              lambda unfinished: run_rl(prepared, stages["sft"]["model"], rl, ray_cfg, refined,
                                                        resume=unfinished))
         systems = {"sft-targets-only": stages["sft-targets"]["model"]} if baseline else {}
         systems |= {"sft-edits": stages["sft"]["model"], "sft-rl": stages["rl"]["model"]}
-        stages["eval"] = _once("eval", judged, "report.json", f"judging {', '.join(systems)} against copy and reference",
+        stages["eval"] = run_once("eval", judged, "report.json", f"judging {', '.join(systems)} against copy and reference",
                                lambda _: run_eval(prepared, systems, tuned / "base", evaluation, ray_cfg, judged))
 
     summary = {

@@ -106,6 +106,7 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
         build_base_model(cfg.model, tokenizer, base_dir, cfg.trust_remote_code, cfg.seed)
 
     n_train, n_eval = _count(prepared / "data" / "train"), _count(prepared / "data" / "eval")
+    n_train = min(n_train, cfg.max_train_rows or n_train)
     per_epoch = micro_batches_per_epoch(n_train, cfg.num_workers, cfg.micro_batch_size, cfg.grad_accum)
     if per_epoch == 0:
         raise ConfigError(f"{n_train} training chains are too few for {cfg.num_workers} workers x "
@@ -137,7 +138,7 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             ),
-            datasets={"train": _dataset(prepared / "data" / "train"),
+            datasets={"train": _dataset(prepared / "data" / "train", cfg.max_train_rows),
                       "eval": _dataset(prepared / "data" / "eval", cfg.max_eval_rows)},
             # Every worker reads the whole (ordered) split and keeps its own rows: a restarted run
             # then sees exactly the same batches and can skip the ones it had done.

@@ -1,0 +1,70 @@
+"""``secondthought transfer``: few-shot transfer of a fine-tuned model to another dataset.
+
+The target dataset (e.g. an ETHICS subset) is prepared with the model's tokenizer; for each k in
+``--transfer.shots`` the model is fine-tuned on the first k training triples (k = 0: not at all);
+every adapted model is then evaluated on the target dataset's test split (``secondthought eval``).
+A finished step is not redone when the command runs again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from secondthought.config import (
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    PrepareConfig,
+    RayConfig,
+    SFTConfig,
+    TransferConfig,
+)
+from secondthought.runtime import ray_session
+
+
+def run_transfer(model: str | Path, data: DataConfig, cfg: TransferConfig, evaluation: EvalConfig,
+                 ray_cfg: RayConfig, out: str | Path, base: str | Path | None = None, seed: int = 0) -> dict:
+    from secondthought.evaluate import run_eval
+    from secondthought.pipeline import run_once
+    from secondthought.prepare import MANIFEST, run_prepare
+    from secondthought.sft import SUMMARY as SFT_SUMMARY
+    from secondthought.sft import run_sft
+
+    model, out = Path(model).expanduser().resolve(), Path(out).expanduser().resolve()
+    if not (model / "config.json").is_file():
+        raise ConfigError(f"--model {model} is not a model folder: give the model/ folder of `secondthought sft`")
+    base = Path(base) if base else (model.parent / "base" if (model.parent / "base" / "config.json").is_file()
+                                    else model)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({"model": str(model), "data": asdict(data), "transfer": asdict(cfg),
+                                                 "eval": asdict(evaluation)}, indent=2))
+    prepared = out / "prepared"
+    with ray_session(ray_cfg):
+        manifest = run_once("prepare", prepared, MANIFEST, f"{data.dataset} with the model's tokenizer",
+                            lambda _: run_prepare(data, PrepareConfig(cost_sets=[(1, 1, 1)], reverse=False,
+                                                                      tokenizer=str(model)),
+                                                  ray_cfg, prepared, overwrite=True, progress=False))
+        systems = {}
+        for k in sorted(set(cfg.shots)):
+            if k == 0:
+                systems["k=0"] = str(model)
+                continue
+            sft = SFTConfig(model=str(model), max_train_rows=k, epochs=cfg.epochs, num_workers=1,
+                            micro_batch_size=min(cfg.micro_batch_size, k), lr=cfg.lr, warmup_fraction=0.0,
+                            eval_every=10**9, patience=0, max_eval_rows=cfg.max_eval_rows, seed=seed, log_every=10)
+            folder = out / f"k{k}"
+            summary = run_once(f"k={k}", folder, SFT_SUMMARY, f"adapting with {k} examples",
+                               lambda unfinished, sft=sft, folder=folder: run_sft(prepared, sft, ray_cfg, folder,
+                                                                                   resume=unfinished))
+            systems[f"k={k}"] = summary["model"]
+        report = run_once("eval", out / "eval", "report.json", f"evaluating {', '.join(systems)}",
+                          lambda _: run_eval(prepared, systems, base, evaluation, ray_cfg, out / "eval"))
+    result = {"dataset": data.dataset, "rows": manifest["rows_out"], "report": str(out / "eval" / "report.md"),
+              "judge_accuracy": report["judge"]["held_out_accuracy"],
+              "results": {s["system"]: {k: (s["metrics"][k][0] if s["metrics"].get(k) else None)
+                                        for k in ("alignment", "bleu", "rouge_l", "validity")}
+                          for s in report["systems"]}}
+    (out / "transfer.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
