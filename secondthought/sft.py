@@ -16,9 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from secondthought.batching import micro_batches_per_epoch
-from secondthought.config import ConfigError, RayConfig, SFTConfig
+from secondthought.config import ConfigError, RayConfig, SFTConfig, training_dirs
 from secondthought.formatting import TGT
-from secondthought.prepare import MANIFEST
 from secondthought.runtime import ray_session
 from secondthought.tracking import read_metrics
 
@@ -87,18 +86,7 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
     from secondthought.models import build_base_model
     from secondthought.sft_loop import train_loop_per_worker
 
-    prepared, out = Path(prepared).expanduser().resolve(), Path(out).expanduser().resolve()
-    if not (prepared / MANIFEST).is_file():
-        raise ConfigError(f"--prepared {prepared} holds no prepared data: run `secondthought prepare` first")
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif (out / SUMMARY).is_file() and not resume:
-            raise ConfigError(f"{out} already holds a trained model: pass --overwrite to train again")
-        elif not resume:
-            raise ConfigError(f"{out} holds an unfinished run: pass --resume to continue it or --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    prepared, out = training_dirs(prepared, out, SUMMARY, asdict(cfg), resume, overwrite)
 
     tokenizer = AutoTokenizer.from_pretrained(prepared / "tokenizer")
     base_dir = out / "base"

@@ -166,7 +166,7 @@ def test_placement_colocated_and_spread():
     assert bundles == [{"CPU": 1.0}, {"CPU": 1.0}]
     assert where["rollout"] == [(0, 0.25), (1, 1.0)] and where["learner"] == [(0, 0.25)]
     assert where["reference"] == where["discriminator"] == [(0, 0.25)]
-    bundles, where = placement(RLConfig(rollout_workers=2, learner_workers=2, minibatch_size=8, colocate=False,
+    bundles, where = placement(RLConfig(rollout_workers=2, learner_workers=2, minibatch_size=8, micro_batch_size=4, colocate=False,
                                         use_gpu=True), cpus=16)
     assert bundles == [{"CPU": 1.0, "GPU": 1.0}] * 6
     assert sorted(i for role in where.values() for i, _ in role) == list(range(6))

@@ -19,11 +19,11 @@ import ray
 from secondthought.rl.experience import Sample, TokenBatch, collate, padded
 
 
-def _setup_torch(cpus: float, use_gpu: bool):
+def _setup_torch(threads: int, use_gpu: bool):
     import torch
 
     if not use_gpu:
-        torch.set_num_threads(max(1, int(cpus)))
+        torch.set_num_threads(threads)
     return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
 
 
@@ -64,12 +64,12 @@ def _policy_with_value(lm):
 class RolloutWorker:
     """A policy copy that samples completions; its weights carry the learner's version number."""
 
-    def __init__(self, policy_dir: str, sampling: dict, cpus: float, use_gpu: bool, index: int,
+    def __init__(self, policy_dir: str, sampling: dict, threads: int, use_gpu: bool, index: int,
                  fault_iteration: int | None = None, fault_marker: str | None = None):
         from secondthought.models import load_model
         from secondthought.rl.generation import SamplingParams
 
-        self.device = _setup_torch(cpus, use_gpu)
+        self.device = _setup_torch(threads, use_gpu)
         self.model = load_model(policy_dir).to(self.device).eval()
         self.params = SamplingParams(**sampling)
         self.eos_id, self.pad_id = self.model.config.eos_token_id, self.model.config.pad_token_id
@@ -100,10 +100,10 @@ class RolloutWorker:
 class Reference:
     """The frozen SFT model: log-probabilities of sampled tokens for the KL penalty."""
 
-    def __init__(self, policy_dir: str, cpus: float, use_gpu: bool, temperature: float, micro_batch_size: int):
+    def __init__(self, policy_dir: str, threads: int, use_gpu: bool, temperature: float, micro_batch_size: int):
         from secondthought.models import load_model
 
-        self.device = _setup_torch(cpus, use_gpu)
+        self.device = _setup_torch(threads, use_gpu)
         self.model = load_model(policy_dir).to(self.device).eval()
         self.temperature, self.micro = temperature, micro_batch_size
 
@@ -127,10 +127,10 @@ class Reference:
 class Discriminator:
     """Gold (context, source, chain, target) against negatives; its log-odds are the adversarial reward."""
 
-    def __init__(self, encoder: str, lr: float, cpus: float, use_gpu: bool, seed: int, trust_remote_code: bool):
+    def __init__(self, encoder: str, lr: float, threads: int, use_gpu: bool, seed: int, trust_remote_code: bool):
         from secondthought.classifier import PairClassifier
 
-        device = _setup_torch(cpus, use_gpu)
+        device = _setup_torch(threads, use_gpu)
         self.classifier = PairClassifier(encoder, lr=lr, device=str(device), seed=seed,
                                          trust_remote_code=trust_remote_code)
 
@@ -168,11 +168,11 @@ def _free_address() -> tuple[str, int]:
 class Learner:
     """One data-parallel rank of the PPO learner: policy + value head in a DeepSpeed engine."""
 
-    def __init__(self, cfg: dict, policy_dir: str, rank: int, world: int, cpus: float):
+    def __init__(self, cfg: dict, policy_dir: str, rank: int, world: int, threads: int):
         from secondthought.config import RLConfig
 
         self.cfg, self.policy_dir, self.rank, self.world = RLConfig(**cfg), policy_dir, rank, world
-        self.device = _setup_torch(cpus, self.cfg.use_gpu)
+        self.device = _setup_torch(threads, self.cfg.use_gpu)
 
     def address(self) -> str:
         ip, port = _free_address()

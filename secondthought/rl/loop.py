@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from secondthought.config import ConfigError, RayConfig, RLConfig
+from secondthought.config import ConfigError, RayConfig, RLConfig, training_dirs
 from secondthought.data.schema import judge_held_out
 from secondthought.rl import ppo
 from secondthought.rl.experience import Sample, padded, shards, unpadded
@@ -136,12 +136,16 @@ class RLRun:
         self.pg = placement_group(bundles, strategy="PACK")
         ray.get(self.pg.ready(), timeout=600)
 
-        def options(role: str, k: int, **extra) -> tuple[dict, float]:
+        def options(role: str, k: int, **extra) -> tuple[dict, int]:
+            """Ray options of an actor, and its torch threads on a CPU: the rollout workers generate side by
+            side, one bundle's CPUs each; the other roles work while the rollout workers wait, so colocated
+            they may use every CPU of the group."""
             index, share = where[role][k]
             cpu = bundles[index].get("CPU", 0) * share
+            threads = bundles[index].get("CPU", 1) if role == "rollout" or not cfg.colocate else cpus
             return {"num_cpus": cpu, "num_gpus": bundles[index].get("GPU", 0) * share,
                     "scheduling_strategy": PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=index),
-                    **extra}, cpu
+                    **extra}, max(1, int(threads))
 
         sampling = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k,
                     "top_p": cfg.top_p, "batch_size": cfg.rollout_batch_size}
@@ -272,6 +276,8 @@ class RLRun:
 
         learner_parts = shards(samples, len(self.learners))
         forwards = [learner.forward.remote(part) for learner, part in zip(self.learners, learner_parts)]
+        if self.cfg.colocate:  # sharing the devices, the reference waits for the learners rather than competing
+            ray.wait(forwards, num_returns=len(forwards))
         ref = self._retrying("reference", lambda attempt: self.reference.logprobs.remote(samples))
         for part, (logprobs, values) in zip(learner_parts, ray.get(forwards)):
             for s, lp, v in zip(part, logprobs, values):
@@ -441,23 +447,10 @@ def plot_rewards(rows: dict[int, dict], png: Path) -> None:
 def run_rl(prepared: str | Path, policy: str | Path, cfg: RLConfig, ray_cfg: RayConfig, out: str | Path,
            resume: bool = False, overwrite: bool = False) -> dict:
     """Refine ``policy`` (an SFT model folder) on the prompts of ``prepared``; returns the summary."""
-    from secondthought.prepare import MANIFEST
-
-    prepared, policy = Path(prepared).expanduser().resolve(), Path(policy).expanduser().resolve()
-    out = Path(out).expanduser().resolve()
-    if not (prepared / MANIFEST).is_file():
-        raise ConfigError(f"--prepared {prepared} holds no prepared data: run `secondthought prepare` first")
+    policy = Path(policy).expanduser().resolve()
     if not (policy / "config.json").is_file():
         raise ConfigError(f"--policy {policy} is not a model folder: give the model/ folder of `secondthought sft`")
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif (out / SUMMARY).is_file() and not resume:
-            raise ConfigError(f"{out} already holds a refined model: pass --overwrite to run again")
-        elif not resume:
-            raise ConfigError(f"{out} holds an unfinished run: pass --resume to continue it or --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    prepared, out = training_dirs(prepared, out, SUMMARY, asdict(cfg), resume, overwrite)
     started = time.time()
     with ray_session(ray_cfg):
         run = RLRun(prepared, policy, cfg, out, local=ray_cfg.address is None)
