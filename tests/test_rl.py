@@ -82,3 +82,15 @@ def test_a_dead_rollout_worker_is_redone_and_resume_continues(prepared, policy, 
     assert summary["iterations"] == 4
     assert scores(partial) == pytest.approx(reference, rel=1e-4, abs=1e-4)
     assert json.loads((partial / "summary.json").read_text())["model"].endswith("model")
+
+
+def test_two_learners_meet_over_tcp_as_on_a_cluster(prepared, policy, tmp_path):
+    """Two data-parallel DeepSpeed learners (ZeRO-3, weights gathered for the sync) that rendezvous over
+    TCP, the way they do with --ray.address on a cluster."""
+    cfg = RLConfig(**dict(FAST, rollout_workers=1, learner_workers=2), iterations=2, minibatch_size=8,
+                   micro_batch_size=4, zero_stage=3, reward="validity", checkpoint_every=2)
+    out = tmp_path / "rl"
+    summary = run_rl(prepared, policy, cfg, RayConfig(address="auto"), out)
+    assert summary["iterations"] == 2 and (out / "model" / "model.safetensors").is_file()
+    rows = read_metrics(out / "metrics.jsonl", "iteration")
+    assert rows[2]["kl"] != 0.0 and np.isfinite(rows[2]["pg_loss"])  # the synced weights changed the policy
