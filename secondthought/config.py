@@ -263,7 +263,9 @@ class RLConfig:
     """tensorboard, mlflow or wandb."""
     trust_remote_code: bool = False
     fault_injection_iteration: Optional[int] = None
-    """Testing fault tolerance: rollout worker 0 exits abruptly, once, while generating this iteration."""
+    """Testing fault tolerance: an actor (see --rl.fault_injection_actor) exits abruptly, once, in this iteration."""
+    fault_injection_actor: str = "rollout"
+    """rollout (worker 0, while generating) or learner (rank 0, while learning)."""
 
     def __post_init__(self) -> None:
         positive = ("iterations", "prompts_per_iteration", "max_new_tokens", "rollout_workers", "rollout_batch_size",
@@ -297,6 +299,8 @@ class RLConfig:
             raise ConfigError(f"--rl.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"--rl.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.fault_injection_actor not in ("rollout", "learner"):
+            raise ConfigError(f"--rl.fault_injection_actor must be rollout or learner, got {self.fault_injection_actor!r}")
         if self.tracking not in ("tensorboard", "mlflow", "wandb"):
             raise ConfigError(f"--rl.tracking must be tensorboard, mlflow or wandb, got {self.tracking!r}")
 

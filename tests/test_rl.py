@@ -55,7 +55,7 @@ def test_a_known_reward_rises(prepared, policy, tmp_path):
     assert (out / "model" / "tokenizer.json").is_file()
 
 
-def test_a_dead_rollout_worker_is_redone_and_resume_continues(prepared, policy, tmp_path, capfd):
+def test_dead_actors_and_resume_leave_the_run_as_if_nothing_happened(prepared, policy, tmp_path, capfd):
     cfg = dict(FAST, discriminator="tiny-bert", checkpoint_every=2, lr=1e-3)
     clean = tmp_path / "clean"
     run_rl(prepared, policy, RLConfig(**cfg, iterations=4), RayConfig(), clean)
@@ -70,6 +70,15 @@ def test_a_dead_rollout_worker_is_redone_and_resume_continues(prepared, policy, 
     assert (killed / "fault-injected").exists()
     assert "rollout worker 0 died" in capfd.readouterr().out
     assert scores(killed) == pytest.approx(reference, rel=1e-4, abs=1e-4)
+
+    # The learner dies while learning iteration 4: the run rolls back to the checkpoint of iteration 2
+    # with fresh actors and redoes iterations 3 and 4 to the same result.
+    lost = tmp_path / "lost-learner"
+    capfd.readouterr()
+    run_rl(prepared, policy, RLConfig(**cfg, iterations=4, fault_injection_iteration=4,
+                                      fault_injection_actor="learner"), RayConfig(), lost)
+    assert "rolling back to the last checkpoint" in capfd.readouterr().out
+    assert scores(lost) == pytest.approx(reference, rel=1e-4, abs=1e-4)
 
     # A run stopped after iteration 2 continues from its checkpoint to the same iterations 3 and 4.
     partial = tmp_path / "partial"

@@ -27,6 +27,13 @@ def _setup_torch(threads: int, use_gpu: bool):
     return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
 
 
+def inject_fault(iteration: int, fault_iteration: int | None, marker: str | None) -> None:
+    """Testing fault tolerance: exit abruptly (as from a crash or a lost node), once per run."""
+    if iteration == fault_iteration and not Path(marker).exists():
+        Path(marker).touch()
+        os._exit(1)
+
+
 def _tensors(tb: TokenBatch, device) -> dict:
     import torch
 
@@ -88,9 +95,8 @@ class RolloutWorker:
 
         if self.version != version:
             raise RuntimeError(f"rollout worker {self.index} holds weights v{self.version}, asked for v{version}")
-        if iteration == self.fault_iteration and self.index == 0 and not Path(self.fault_marker).exists():
-            Path(self.fault_marker).touch()
-            os._exit(1)  # an abrupt death, as from a crash or a lost node
+        if self.index == 0:
+            inject_fault(iteration, self.fault_iteration, self.fault_marker)
         started = time.time()
         completions = sample(self.model, prompts, self.eos_id, self.pad_id, self.params, seed)
         return {"completions": completions, "seconds": time.time() - started, "version": self.version}
@@ -168,10 +174,11 @@ def _free_address() -> tuple[str, int]:
 class Learner:
     """One data-parallel rank of the PPO learner: policy + value head in a DeepSpeed engine."""
 
-    def __init__(self, cfg: dict, policy_dir: str, rank: int, world: int, threads: int):
+    def __init__(self, cfg: dict, policy_dir: str, rank: int, world: int, threads: int, fault_marker: str):
         from secondthought.config import RLConfig
 
         self.cfg, self.policy_dir, self.rank, self.world = RLConfig(**cfg), policy_dir, rank, world
+        self.fault_marker = fault_marker
         self.device = _setup_torch(threads, self.cfg.use_gpu)
 
     def address(self) -> str:
@@ -220,13 +227,15 @@ class Learner:
         self.engine.train()
         return logprobs, values
 
-    def train(self, samples: list[Sample], seed: int) -> dict:
+    def train(self, samples: list[Sample], seed: int, iteration: int) -> dict:
         """PPO epochs over this rank's samples in minibatches; one optimizer step per minibatch."""
         import torch
 
         from secondthought.rl import ppo
 
         cfg = self.cfg
+        if cfg.fault_injection_actor == "learner" and self.rank == 0:
+            inject_fault(iteration, cfg.fault_injection_iteration, self.fault_marker)
         rng = np.random.default_rng(seed)
         per_rank = cfg.minibatch_size // self.world
         stats = defaultdict(list)

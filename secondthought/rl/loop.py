@@ -147,6 +147,7 @@ class RLRun:
                     "scheduling_strategy": PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=index),
                     **extra}, max(1, int(threads))
 
+        fault_marker = str(self.out / "fault-injected")
         sampling = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k,
                     "top_p": cfg.top_p, "batch_size": cfg.rollout_batch_size}
         restarts = {"max_restarts": cfg.max_restarts, "max_task_retries": 0}
@@ -154,8 +155,8 @@ class RLRun:
         for k in range(cfg.rollout_workers):
             opts, cpu = options("rollout", k, **restarts)
             self.rollouts.append(RolloutWorker.options(**opts).remote(
-                str(self.policy), sampling, cpu, cfg.use_gpu, k, cfg.fault_injection_iteration,
-                str(self.out / "fault-injected")))
+                str(self.policy), sampling, cpu, cfg.use_gpu, k,
+                cfg.fault_injection_iteration if cfg.fault_injection_actor == "rollout" else None, fault_marker))
         opts, cpu = options("reference", 0, **restarts)
         self.reference = Reference.options(**opts).remote(str(self.policy), cpu, cfg.use_gpu, cfg.temperature,
                                                           cfg.micro_batch_size)
@@ -168,7 +169,7 @@ class RLRun:
         for k in range(cfg.learner_workers):
             opts, cpu = options("learner", k)
             self.learners.append(Learner.options(**opts).remote(asdict(cfg), str(self.policy), k,
-                                                                cfg.learner_workers, cpu))
+                                                                cfg.learner_workers, cpu, fault_marker))
         if self.local:  # one machine: rendezvous through a file, so no TCP store listens on every address
             rendezvous = self.out / f"rendezvous-{uuid.uuid4().hex}"
             init_method = f"file://{rendezvous}"
@@ -332,7 +333,7 @@ class RLRun:
         self.attach_values(samples)
         adv_stats = self.advantages(samples, scores, state.kl_coef)
         t2 = time.time()
-        learn = ray.get([learner.train.remote(part, cfg.seed + i)
+        learn = ray.get([learner.train.remote(part, cfg.seed + i, i)
                          for learner, part in zip(self.learners, shards(samples, len(self.learners)))])
         t3 = time.time()
         disc = self.update_discriminator(i, rows, items)
