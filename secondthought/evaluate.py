@@ -166,6 +166,12 @@ def word_diff(source: str, target: str) -> str:
     return " ".join(out)
 
 
+def writes_chains(model_dir: str | Path) -> bool:
+    """False for a model fine-tuned without chains (its run's config.json says ``"chains": false``)."""
+    run_config = Path(model_dir).parent / "config.json"
+    return not run_config.is_file() or json.loads(run_config.read_text()).get("chains", True) is not False
+
+
 def system_metrics(name: str, rows: list[EvalRow], texts: list[str], completions: list[str] | None,
                    aligned: np.ndarray, source_aligned: np.ndarray, nll: np.ndarray, cfg: EvalConfig) -> dict:
     refs = [r.target for r in rows]
@@ -278,8 +284,8 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
     results = []
     for name, written in texts.items():
         aligned = 1 / (1 + np.exp(-judge.logits([(r.context, t) for r, t in zip(test, written)])))
-        results.append(system_metrics(name, test, written, completions.get(name), aligned, source_aligned,
-                                      nll[name], cfg))
+        chains = completions.get(name) if name in systems and writes_chains(systems[name]) else None
+        results.append(system_metrics(name, test, written, chains, aligned, source_aligned, nll[name], cfg))
     report = {"prepared": str(prepared), "split": cfg.split, "test_rows": len(test), "judge": judge_info,
               "systems": results, "models": {k: str(v) for k, v in systems.items()}, "config": asdict(cfg),
               "seconds": round(time.time() - started, 1)}

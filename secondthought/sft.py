@@ -25,22 +25,29 @@ RUN_NAME = "sft"
 SUMMARY = "summary.json"
 
 
-def _count(path: Path) -> int:
+def _count(path: Path, costs: list | None = None) -> int:
+    """Forward chains in a split (with ``costs``: only those of that cost set, one per triple)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
     if not path.is_dir():
         return 0
-    table = pads.dataset(path, format="parquet").to_table(columns=["direction"])
-    return int(pc.sum(pc.equal(table["direction"], "forward")).as_py() or 0)
+    table = pads.dataset(path, format="parquet").to_table(columns=["direction", "costs"])
+    forward = pc.equal(table["direction"], "forward")
+    if costs is None:
+        return int(pc.sum(forward).as_py() or 0)
+    return sum(f and list(c) == costs for f, c in zip(forward.to_pylist(), table["costs"].to_pylist()))
 
 
-def _dataset(path: Path, limit: int | None = None):
+def _dataset(path: Path, limit: int | None = None, costs: list | None = None):
     import ray.data
     from ray.data.expressions import col
 
-    ds = ray.data.read_parquet(str(path), columns=["input_ids", "prompt_len", "direction"])
-    ds = ds.filter(expr=col("direction") == "forward").select_columns(["input_ids", "prompt_len"])
+    ds = ray.data.read_parquet(str(path), columns=["input_ids", "prompt_len", "direction", "costs"])
+    ds = ds.filter(expr=col("direction") == "forward")
+    if costs is not None:  # one row per triple: the chain of the first cost set (prepare always keeps it)
+        ds = ds.filter(fn=lambda row: list(row["costs"]) == costs)
+    ds = ds.select_columns(["input_ids", "prompt_len"])
     return ds.limit(limit) if limit else ds
 
 
@@ -93,7 +100,10 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
     if not (base_dir / "config.json").is_file():
         build_base_model(cfg.model, tokenizer, base_dir, cfg.trust_remote_code, cfg.seed)
 
-    n_train, n_eval = _count(prepared / "data" / "train"), _count(prepared / "data" / "eval")
+    # Without chains the rows of one triple's other cost sets would be copies: keep one per triple.
+    one_per_triple = None if cfg.chains else json.loads((prepared / "manifest.json").read_text())["cost_sets"][0]
+    n_train = _count(prepared / "data" / "train", one_per_triple)
+    n_eval = _count(prepared / "data" / "eval", one_per_triple)
     n_train = min(n_train, cfg.max_train_rows or n_train)
     per_epoch = micro_batches_per_epoch(n_train, cfg.num_workers, cfg.micro_batch_size, cfg.grad_accum)
     if per_epoch == 0:
@@ -126,8 +136,8 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             ),
-            datasets={"train": _dataset(prepared / "data" / "train", cfg.max_train_rows),
-                      "eval": _dataset(prepared / "data" / "eval", cfg.max_eval_rows)},
+            datasets={"train": _dataset(prepared / "data" / "train", cfg.max_train_rows, one_per_triple),
+                      "eval": _dataset(prepared / "data" / "eval", cfg.max_eval_rows, one_per_triple)},
             # Every worker reads the whole (ordered) split and keeps its own rows: a restarted run
             # then sees exactly the same batches and can skip the ones it had done.
             dataset_config=ray.train.DataConfig(datasets_to_split=[],

@@ -62,7 +62,7 @@ def test_readme_main_command_runs_from_the_console_script_on_loopback(tmp_path):
     command = [exe, "pipeline", "--out", str(out), "--progress", "false", "--sft.model", "tiny-llama",
                "--sft.epochs", "1", "--sft.lr", "0.003", "--rl.iterations", "2", "--rl.max_new_tokens", "16",
                "--rl.discriminator", "tiny-bert", "--eval.judge", "tiny-bert", "--eval.max_new_tokens", "16",
-               "--eval.bootstrap", "100"]
+               "--eval.bootstrap", "100", "--baseline", "false"]
     seen: set[tuple[str, int, str]] = set()
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         root = psutil.Process(proc.pid)
@@ -79,16 +79,14 @@ def test_readme_main_command_runs_from_the_console_script_on_loopback(tmp_path):
     wildcard = {(ip, port, name) for ip, port, name in seen if ip not in loopback}
     assert any(ip in loopback for ip, _, _ in seen)
     # The one exception: torch.distributed's rendezvous store, which Ray Train starts in the rank-0
-    # training worker of each fine-tuning run (with edits, and the targets-only baseline), binds every
-    # address and torch offers no bind address (README, known limits).
-    assert len({port for _, port, _ in wildcard}) <= 2 and all("RayTrain" in name for _, _, name in wildcard), wildcard
+    # training worker, binds every address and torch offers no bind address (README, known limits).
+    assert len({port for _, port, _ in wildcard}) <= 1 and all("RayTrain" in name for _, _, name in wildcard), wildcard
     assert "SecondThought run finished" in stdout and str(out / "sft" / "model") in stdout
     manifest = json.loads((out / "prepared" / "manifest.json").read_text())
     assert manifest["rows_in"] == manifest["rows_out"] == 204
     assert sorted(p.name for p in (out / "prepared" / "data").iterdir()) == ["eval", "test", "train"]
     assert (out / "sft" / "model" / "model.safetensors").is_file()
     assert (out / "rl" / "model" / "model.safetensors").is_file() and str(out / "rl" / "model") in stdout
-    assert (out / "sft-targets" / "model" / "model.safetensors").is_file()  # the baseline without edits
     systems = [s["system"] for s in json.loads((out / "eval" / "report.json").read_text())["systems"]]
-    assert systems == ["copy", "reference", "sft-targets-only", "sft-edits", "sft-rl"]
+    assert systems == ["copy", "reference", "sft-edits", "sft-rl"] and not (out / "sft-targets").exists()
     assert str(out / "eval" / "report.md") in stdout

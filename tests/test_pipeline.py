@@ -1,5 +1,6 @@
 import json
 
+import pyarrow.dataset as pads
 import pytest
 
 from secondthought.config import DataConfig, EvalConfig, PrepareConfig, RayConfig, RLConfig, SFTConfig
@@ -11,8 +12,7 @@ def test_pipeline_runs_every_stage_once(ray_local, tmp_path, capsys):
     rl = RLConfig(iterations=2, max_new_tokens=16, discriminator="tiny-bert", log_every=100)
     evaluation = EvalConfig(judge="tiny-bert", max_new_tokens=16, bootstrap=100)
     out = tmp_path / "run"
-    summary = run_pipeline(DataConfig(), PrepareConfig(), sft, rl, evaluation, RayConfig(), out, progress=False,
-                           baseline=False)
+    summary = run_pipeline(DataConfig(), PrepareConfig(), sft, rl, evaluation, RayConfig(), out, progress=False)
     assert summary["rows"]["rows_in"] == 204 and summary["rows"]["rows_quarantined"] == 0
     assert (out / "sft" / "model" / "model.safetensors").is_file()
     assert summary["model"] == str(out / "rl" / "model") and (out / "rl" / "model" / "model.safetensors").is_file()
@@ -21,11 +21,18 @@ def test_pipeline_runs_every_stage_once(ray_local, tmp_path, capsys):
     assert summary["model"] in text and "loss.png" in text and "rl.png" in text and "report.md" in text
 
     report = json.loads((out / "eval" / "report.json").read_text())
-    assert [s["system"] for s in report["systems"]] == ["copy", "reference", "sft-edits", "sft-rl"]
+    assert [s["system"] for s in report["systems"]] == ["copy", "reference", "sft-targets-only", "sft-edits", "sft-rl"]
+    # the targets-only baseline trains once on each training triple, the edits model on each distinct chain
+    rows = pads.dataset(out / "prepared" / "data" / "train").to_table(columns=["id", "direction"]).to_pylist()
+    forward = [r["id"] for r in rows if r["direction"] == "forward"]
+    targets_only = json.loads((out / "sft-targets" / "summary.json").read_text())
+    assert targets_only["train_chains"] == len(set(forward)) < len(forward)
+    assert json.loads((out / "sft" / "summary.json").read_text())["train_chains"] == len(forward)
     assert report["test_rows"] == len((out / "eval" / "completions.jsonl").read_text().splitlines()) > 0
     assert 0 <= report["judge"]["held_out_accuracy"] <= 1
     by_name = {s["system"]: s["metrics"] for s in report["systems"]}
     assert by_name["reference"]["bleu"][0] == pytest.approx(100.0) and by_name["reference"]["rouge_l"][0] == 1.0
+    assert "validity" not in by_name["copy"] and "validity" not in by_name["sft-targets-only"]  # no chains
     for name in ("sft-edits", "sft-rl"):
         assert 0 <= by_name[name]["validity"][0] <= 1 and 0 <= by_name[name]["consistency"][0] <= 1
         low, high = by_name[name]["alignment"][1:]
@@ -34,8 +41,7 @@ def test_pipeline_runs_every_stage_once(ray_local, tmp_path, capsys):
     assert (out / "eval" / "metrics.png").stat().st_size > 10_000
 
     capsys.readouterr()
-    again = run_pipeline(DataConfig(), PrepareConfig(), sft, rl, evaluation, RayConfig(), out, progress=False,
-                           baseline=False)
+    again = run_pipeline(DataConfig(), PrepareConfig(), sft, rl, evaluation, RayConfig(), out, progress=False)
     said = capsys.readouterr().out
-    assert all(f"{stage}: done before" in said for stage in ("prepare", "sft", "rl", "eval"))
+    assert all(f"{stage}: done before" in said for stage in ("prepare", "sft", "sft-targets", "rl", "eval"))
     assert again["model"] == summary["model"]

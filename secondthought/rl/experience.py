@@ -7,7 +7,7 @@ sit at the same positions P..P+T-1 in every row, and the logits that predict the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -27,7 +27,6 @@ class Sample:
     values: np.ndarray | None = None
     advantages: np.ndarray | None = None
     returns: np.ndarray | None = None
-    extras: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
