@@ -30,8 +30,12 @@ def minilm_dir() -> Path:
 
 def _load(name: str, seed: int, trust_remote_code: bool):
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, \
-        BertForSequenceClassification
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+    )
 
     from secondthought.models import ModelNotFound
 

@@ -15,6 +15,12 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the flag."""
 
 
+def _choice(flag: str, value, choices: tuple) -> None:
+    if value not in choices:
+        names = ", ".join(map(str, choices[:-1])) + f" or {choices[-1]}"
+        raise ConfigError(f"{flag} must be {names}, got {value!r}")
+
+
 @dataclass
 class DataConfig:
     """Where the triples come from."""
@@ -166,16 +172,13 @@ class SFTConfig:
             raise ConfigError(f"--sft.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"--sft.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"--sft.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        _choice("--sft.zero_stage", self.zero_stage, (0, 1, 2, 3))
         if self.offload_params and self.zero_stage != 3:
             raise ConfigError("--sft.offload_params needs --sft.zero_stage 3")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("--sft.offload_optimizer needs --sft.zero_stage 1, 2 or 3")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"--sft.precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.tracking not in ("tensorboard", "mlflow", "wandb"):
-            raise ConfigError(f"--sft.tracking must be tensorboard, mlflow or wandb, got {self.tracking!r}")
+        _choice("--sft.precision", self.precision, ("auto", "bf16", "fp32"))
+        _choice("--sft.tracking", self.tracking, ("tensorboard", "mlflow", "wandb"))
         for name in ("max_steps", "max_train_rows", "max_eval_rows"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--sft.{name} must be at least 1, got {getattr(self, name)}")
@@ -284,8 +287,7 @@ class RLConfig:
             raise ConfigError(f"--rl.gamma and --rl.lam must be in [0, 1], got {self.gamma}, {self.lam}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"--rl.top_p must be in (0, 1], got {self.top_p}")
-        if self.kl_estimator not in ("k1", "k2", "k3"):
-            raise ConfigError(f"--rl.kl_estimator must be k1, k2 or k3, got {self.kl_estimator!r}")
+        _choice("--rl.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
         if self.reward not in ("adversarial", "validity") and ":" not in self.reward:
             raise ConfigError(f"--rl.reward must be adversarial, validity or module:function, got {self.reward!r}")
         per_learner, rest = divmod(self.minibatch_size, self.learner_workers)
@@ -295,14 +297,10 @@ class RLConfig:
         if self.prompts_per_iteration % self.minibatch_size:
             raise ConfigError(f"--rl.prompts_per_iteration {self.prompts_per_iteration} must be a multiple of "
                               f"--rl.minibatch_size {self.minibatch_size}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"--rl.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"--rl.precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.fault_injection_actor not in ("rollout", "learner"):
-            raise ConfigError(f"--rl.fault_injection_actor must be rollout or learner, got {self.fault_injection_actor!r}")
-        if self.tracking not in ("tensorboard", "mlflow", "wandb"):
-            raise ConfigError(f"--rl.tracking must be tensorboard, mlflow or wandb, got {self.tracking!r}")
+        _choice("--rl.zero_stage", self.zero_stage, (0, 1, 2, 3))
+        _choice("--rl.precision", self.precision, ("auto", "bf16", "fp32"))
+        _choice("--rl.fault_injection_actor", self.fault_injection_actor, ("rollout", "learner"))
+        _choice("--rl.tracking", self.tracking, ("tensorboard", "mlflow", "wandb"))
 
     def bf16(self) -> bool:
         return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
@@ -334,8 +332,7 @@ class EvalConfig:
         for name in ("max_new_tokens", "batch_size", "judge_epochs", "judge_batch_size", "bootstrap"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--eval.{name} must be at least 1, got {getattr(self, name)}")
-        if self.split not in ("train", "eval", "test"):
-            raise ConfigError(f"--eval.split must be train, eval or test, got {self.split!r}")
+        _choice("--eval.split", self.split, ("train", "eval", "test"))
         if self.max_rows is not None and self.max_rows < 2:
             raise ConfigError(f"--eval.max_rows must be at least 2, got {self.max_rows}")
         if not self.judge_lr > 0:

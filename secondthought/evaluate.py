@@ -27,6 +27,7 @@ from secondthought.config import ConfigError, EvalConfig, RayConfig
 from secondthought.data.schema import judge_held_out
 from secondthought.formatting import check_completion, split_completion
 from secondthought.runtime import ray_session
+from secondthought.tracking import figure
 
 NON_MODELS = ("copy", "reference")
 
@@ -227,25 +228,17 @@ def markdown(report: dict, examples: list[dict]) -> str:
 
 
 def plot(report: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [s["system"] for s in report["systems"]]
     panels = ("alignment", "win_rate_vs_source", "bleu", "rouge_l")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8))
-    for ax, metric in zip(axes, panels):
-        values = [s["metrics"][metric] for s in report["systems"]]
-        points = [v[0] for v in values]
-        errors = [[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]]
-        ax.bar(range(len(names)), points, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        ax.set_title(metric)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    with figure(png, 1, len(panels), figsize=(4 * len(panels), 3.8)) as axes:
+        for ax, metric in zip(axes, panels):
+            values = [s["metrics"][metric] for s in report["systems"]]
+            points = [v[0] for v in values]
+            errors = [[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]]
+            ax.bar(range(len(names)), points, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+            ax.set_title(metric)
+            ax.grid(axis="y", alpha=0.3)
 
 
 def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Path, cfg: EvalConfig,

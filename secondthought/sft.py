@@ -19,7 +19,7 @@ from secondthought.batching import micro_batches_per_epoch
 from secondthought.config import ConfigError, RayConfig, SFTConfig, training_dirs
 from secondthought.formatting import TGT
 from secondthought.runtime import ray_session
-from secondthought.tracking import read_metrics
+from secondthought.tracking import figure, label, read_metrics
 
 RUN_NAME = "sft"
 SUMMARY = "summary.json"
@@ -62,23 +62,12 @@ def _cpus_per_worker(num_workers: int) -> float:
 
 
 def plot_losses(by_step: dict[int, dict], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = sorted(by_step)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [by_step[s]["loss"] for s in steps], label="train loss", linewidth=1)
-    evals = [s for s in steps if "eval_loss" in by_step[s]]
-    ax.plot(evals, [by_step[s]["eval_loss"] for s in evals], "o-", label="eval loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (chain + target tokens)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    with figure(png, figsize=(7, 4)) as ax:
+        ax.plot(steps, [by_step[s]["loss"] for s in steps], label="train loss", linewidth=1)
+        evals = [s for s in steps if "eval_loss" in by_step[s]]
+        ax.plot(evals, [by_step[s]["eval_loss"] for s in evals], "o-", label="eval loss")
+        label(ax, "optimizer step", "loss (chain + target tokens)")
 
 
 def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str | Path,

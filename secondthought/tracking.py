@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -66,3 +67,28 @@ class Tracker:
 def read_metrics(metrics_file: Path, key: str) -> dict[int, dict]:
     """The logged metrics, one row per ``key`` value: a step redone after a restart replaces the first try."""
     return {row[key]: row for row in map(json.loads, metrics_file.read_text().splitlines())}
+
+
+@contextlib.contextmanager
+def figure(png: Path, rows: int = 1, cols: int = 1, **kwargs):
+    """Axes of a new matplotlib figure (no display needed), saved to ``png`` when the block ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, cols, **kwargs)
+    try:
+        yield axes
+        fig.tight_layout()
+        fig.savefig(png, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def label(ax, xlabel: str | None, ylabel: str) -> None:
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(alpha=0.3)

@@ -24,7 +24,7 @@ from secondthought.rl import ppo
 from secondthought.rl.experience import Sample, padded, shards, unpadded
 from secondthought.rl.reward import Scored, completion_pair, discriminator_pair, load_reward_function, validity
 from secondthought.runtime import ray_session
-from secondthought.tracking import Tracker, read_metrics
+from secondthought.tracking import Tracker, figure, label, read_metrics
 
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
@@ -422,27 +422,14 @@ class RLRun:
 
 
 def plot_rewards(rows: dict[int, dict], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     its = sorted(rows)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    for name in ("score", "disc_logodds", "validity", "reward_custom"):
-        if name in rows[its[0]]:
-            top.plot(its, [rows[i][name] for i in its], "o-", label=name, markersize=3)
-    top.set_ylabel("reward (per sequence)")
-    top.legend()
-    top.grid(alpha=0.3)
-    bottom.plot(its, [rows[i]["kl"] for i in its], "o-", color="tab:red", label="KL to SFT reference", markersize=3)
-    bottom.set_xlabel("iteration")
-    bottom.set_ylabel("KL (per sequence)")
-    bottom.legend()
-    bottom.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    with figure(png, 2, 1, figsize=(7, 6), sharex=True) as (top, bottom):
+        for name in ("score", "disc_logodds", "validity", "reward_custom"):
+            if name in rows[its[0]]:
+                top.plot(its, [rows[i][name] for i in its], "o-", label=name, markersize=3)
+        label(top, None, "reward (per sequence)")
+        bottom.plot(its, [rows[i]["kl"] for i in its], "o-", color="tab:red", label="KL to SFT reference", markersize=3)
+        label(bottom, "iteration", "KL (per sequence)")
 
 
 def run_rl(prepared: str | Path, policy: str | Path, cfg: RLConfig, ray_cfg: RayConfig, out: str | Path,
