@@ -26,6 +26,7 @@ import numpy as np
 from secondthought.config import ConfigError, EvalConfig, RayConfig
 from secondthought.data.schema import judge_held_out
 from secondthought.formatting import check_completion, split_completion
+from secondthought.prepare import first_chains
 from secondthought.runtime import ray_session
 from secondthought.tracking import figure
 
@@ -42,18 +43,8 @@ class EvalRow:
 
 
 def _triples(prepared: Path, split: str) -> list[EvalRow]:
-    import pyarrow.dataset as pads
-
-    folder = prepared / "data" / split
-    if not folder.is_dir():
-        return []
-    columns = ["id", "direction", "context", "source", "target", "prompt_len", "input_ids"]
-    rows, seen = [], set()
-    for r in pads.dataset(folder, format="parquet").to_table(columns=columns).to_pylist():
-        if r["direction"] == "forward" and r["id"] not in seen:
-            seen.add(r["id"])
-            rows.append(EvalRow(r["id"], r["context"], r["source"], r["target"], list(r["input_ids"][: r["prompt_len"]])))
-    return sorted(rows, key=lambda r: r.id)
+    forward, _ = first_chains(prepared, split, ["context", "source", "target"])
+    return [EvalRow(r["id"], r["context"], r["source"], r["target"], r["prompt_ids"]) for r in forward]
 
 
 def labelled(rows: list[EvalRow]) -> tuple[list[tuple[str, str]], list[float]]:

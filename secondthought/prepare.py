@@ -212,6 +212,24 @@ def _chain_stats(histogram: Counter[int]) -> dict:
     }
 
 
+def first_chains(prepared: str | Path, split: str, columns: list[str]) -> tuple[list[dict], dict[str, dict]]:
+    """A prepared split read back one row per triple: the first forward row of each id (sorted by id) and
+    the first reverse row by id. Rows hold ``columns``, ``id``, ``direction`` and ``prompt_ids`` (the
+    prompt's token ids); a split that is not there gives nothing."""
+    import pyarrow.dataset as pads
+
+    folder = Path(prepared) / "data" / split
+    if not folder.is_dir():
+        return [], {}
+    wanted = list(dict.fromkeys(["id", "direction", "prompt_len", "input_ids", *columns]))
+    first: dict[str, dict[str, dict]] = {"forward": {}, "reverse": {}}
+    for row in pads.dataset(folder, format="parquet").to_table(columns=wanted).to_pylist():
+        if row["id"] not in first[row["direction"]]:
+            row["prompt_ids"] = list(row["input_ids"][: row["prompt_len"]])
+            first[row["direction"]][row["id"]] = row
+    return [first["forward"][k] for k in sorted(first["forward"])], first["reverse"]
+
+
 def is_prepared(out: str | Path) -> bool:
     return (Path(out) / MANIFEST).is_file()
 

@@ -185,7 +185,7 @@ class Learner:
         ip, port = _free_address()
         return f"tcp://{ip}:{port}"
 
-    def setup(self, init_method: str) -> int:
+    def setup(self, init_method: str) -> None:
         import deepspeed
         import torch
         import torch.distributed as dist
@@ -206,7 +206,6 @@ class Learner:
         config = engine_config(cfg.micro_batch_size, per_rank // cfg.micro_batch_size, cfg.zero_stage, cfg.bf16(),
                                use_gpu=cfg.use_gpu, lr=cfg.lr)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-        return sum(p.numel() for p in lm.parameters())
 
     def forward(self, samples: list[Sample]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Log-probabilities and values of the samples under the current policy (no gradient)."""

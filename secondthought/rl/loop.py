@@ -48,33 +48,29 @@ class Prompts:
 
     def batch(self, iteration: int, size: int, seed: int) -> list[int]:
         """Rows for an iteration (1-based): consecutive slices of one seeded permutation per epoch."""
+        orders: dict[int, np.ndarray] = {}
         rows = []
         for j in range((iteration - 1) * size, iteration * size):
             epoch, position = divmod(j, len(self))
-            rows.append(int(np.random.default_rng([seed, epoch]).permutation(len(self))[position]))
+            if epoch not in orders:
+                orders[epoch] = np.random.default_rng([seed, epoch]).permutation(len(self))
+            rows.append(int(orders[epoch][position]))
         return rows
 
 
 def load_prompts(prepared: Path) -> Prompts:
     """Training triples, less the half held out for the evaluation judge."""
-    import pyarrow.dataset as pads
+    from secondthought.prepare import first_chains
 
-    columns = ["id", "direction", "context", "source", "target", "chain", "prompt_len", "input_ids"]
-    table = pads.dataset(prepared / "data" / "train", format="parquet").to_table(columns=columns).to_pylist()
-    seen, reverse = {}, {}
-    for row in table:
-        if judge_held_out(row["id"]):
-            continue
-        if row["direction"] == "forward" and row["id"] not in seen:
-            seen[row["id"]] = row
-        elif row["direction"] == "reverse" and row["id"] not in reverse:
-            reverse[row["id"]] = (row["context"], row["source"], row["chain"], row["target"])
-    rows = [seen[k] for k in sorted(seen)]
+    forward, reverse = first_chains(prepared, "train", ["context", "source", "target", "chain"])
+    rows = [r for r in forward if not judge_held_out(r["id"])]
     if not rows:
         raise ConfigError(f"{prepared}/data/train holds no forward chains to take prompts from")
+    negatives = {k: (r["context"], r["source"], r["chain"], r["target"])
+                 for k, r in reverse.items() if not judge_held_out(k)}
     return Prompts([r["id"] for r in rows], [r["context"] for r in rows], [r["source"] for r in rows],
-                   [r["target"] for r in rows], [r["chain"] for r in rows],
-                   [list(r["input_ids"][: r["prompt_len"]]) for r in rows], reverse)
+                   [r["target"] for r in rows], [r["chain"] for r in rows], [r["prompt_ids"] for r in rows],
+                   negatives)
 
 
 @dataclass
@@ -175,7 +171,7 @@ class RLRun:
             init_method = f"file://{rendezvous}"
         else:
             init_method = ray.get(self.learners[0].address.remote())
-        self.n_params = ray.get([learner.setup.remote(init_method) for learner in self.learners])[0]
+        ray.get([learner.setup.remote(init_method) for learner in self.learners])
         if self.local:
             rendezvous.unlink(missing_ok=True)
 
