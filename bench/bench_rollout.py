@@ -6,7 +6,7 @@
 
 In one run, on the same prompts (Moral Stories sample prompts in the training format) with the same
 sampling settings: (1) ``generate`` one prompt at a time, (2) ``generate`` batched with left padding,
-(3) ``secondthought.rl.generation.sample`` (length-sorted micro-batches, KV cache, finished rows leave
+(3) ``secondthought.inference.sample`` (length-sorted micro-batches, KV cache, finished rows leave
 the batch). Tokens/s counts generated tokens up to and including EOS. With ``--metrics`` it also
 prints the time split of the RL iterations recorded in an ``rl`` run's metrics.jsonl.
 """
@@ -76,15 +76,16 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from secondthought.models import TINY_MODELS, build_base_model, load_model, load_tokenizer
-    from secondthought.rl.generation import SamplingParams, sample
+    from bench.shapes import SHAPES, model_folder
+    from secondthought.inference import SamplingParams, sample
+    from secondthought.models import TINY_MODELS, load_model, load_tokenizer
 
     device = torch.device("cuda" if args.gpu else "cpu")
-    if args.model == "smollm2" or args.model in TINY_MODELS:
+    if args.model == "smollm2" or args.model in TINY_MODELS or args.model in SHAPES:
         import tempfile
 
         tokenizer = load_tokenizer("smollm2")
-        folder = build_base_model(args.model, tokenizer, Path(tempfile.mkdtemp()) / "model")
+        folder = model_folder(args.model, tokenizer, Path(tempfile.mkdtemp()) / "model")
     else:
         folder = Path(args.model)
         tokenizer = AutoTokenizer.from_pretrained(folder)

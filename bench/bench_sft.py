@@ -44,38 +44,43 @@ def prepared_synthetic(work: Path, rows: int, seq: int) -> Path:
     import pyarrow.parquet as pq
 
     from secondthought.models import load_tokenizer
+    from secondthought.runs import PreparedDir, write_json
 
-    out = work / "prepared-synthetic"
+    out = PreparedDir(work / "prepared-synthetic")
     tokenizer = load_tokenizer("smollm2")
-    tokenizer.save_pretrained(out / "tokenizer")
+    tokenizer.save_pretrained(out.tokenizer)
     rng = np.random.default_rng(0)
     for split, n in (("train", rows), ("eval", 64)):
         ids = rng.integers(0, 49152, size=(n, seq), dtype=np.int32)
-        table = pa.table({"input_ids": [list(r) for r in ids], "prompt_len": [0] * n, "direction": ["forward"] * n})
-        (out / "data" / split).mkdir(parents=True)
-        pq.write_table(table, out / "data" / split / "part-0.parquet")
-    (out / "manifest.json").write_text(json.dumps({"synthetic": True, "rows": rows, "seq": seq}))
-    return out
+        table = pa.table({"input_ids": [list(r) for r in ids], "prompt_len": [0] * n, "direction": ["forward"] * n,
+                          "costs": [[1.0, 1.0, 1.0]] * n})
+        out.split(split).mkdir(parents=True)
+        pq.write_table(table, out.split(split) / "part-0.parquet")
+    write_json(out.manifest_file, {"synthetic": True, "rows": rows, "seq": seq, "cost_sets": [[1, 1, 1]]})
+    return out.path
 
 
 def train_rows(prepared: Path) -> list[dict]:
     import pyarrow.dataset as pads
 
-    table = pads.dataset(prepared / "data" / "train", format="parquet").to_table(
+    from secondthought.runs import PreparedDir
+
+    table = pads.dataset(PreparedDir(prepared).split("train"), format="parquet").to_table(
         columns=["input_ids", "prompt_len", "direction"])
     return [{"input_ids": r["input_ids"], "prompt_len": r["prompt_len"]} for r in table.to_pylist()
             if r["direction"] == "forward"]
 
 
-def ours(prepared: Path, work: Path, args) -> dict:
+def ours(prepared: Path, base: Path, work: Path, args) -> dict:
+    from secondthought.runs import TrainingDir
     from secondthought.sft import run_sft
 
     out = work / "ours"
-    cfg = SFTConfig(model=args.model, num_workers=args.workers, use_gpu=args.gpu, micro_batch_size=args.batch,
+    cfg = SFTConfig(model=str(base), num_workers=args.workers, use_gpu=args.gpu, micro_batch_size=args.batch,
                     max_steps=args.steps, epochs=100, eval_every=10**6, max_eval_rows=args.workers * args.batch,
                     zero_stage=args.zero, log_every=10, lr=1e-4)
     run_sft(prepared, cfg, RayConfig(), out)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in TrainingDir(out).metrics.read_text().splitlines()]
     speeds = [r["tokens_per_s"] for r in rows if r["step"] > WARMUP_STEPS and "eval_loss" not in r]
     result = {"tokens_per_s": statistics.median(speeds), "padding": statistics.mean(r["padding"] for r in rows)}
     if "mfu" in rows[-1]:
@@ -83,15 +88,14 @@ def ours(prepared: Path, work: Path, args) -> dict:
     return result
 
 
-def hf_trainer(prepared: Path, work: Path, args) -> dict:
+def hf_trainer(prepared: Path, base: Path, args) -> dict:
     import torch
     from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
     from secondthought.batching import Row, collate
-    from secondthought.models import build_base_model, load_model
+    from secondthought.models import load_model
 
     tokenizer = AutoTokenizer.from_pretrained(prepared / "tokenizer")
-    base = build_base_model(args.model, tokenizer, work / "hf-base")
     model = load_model(base)
     rows = train_rows(prepared)
 
@@ -126,7 +130,7 @@ def hf_trainer(prepared: Path, work: Path, args) -> dict:
 
     clock = Clock()
     training = TrainingArguments(
-        output_dir=str(work / "hf"), per_device_train_batch_size=args.batch, max_steps=args.steps,
+        output_dir=str(base.parent / "hf"), per_device_train_batch_size=args.batch, max_steps=args.steps,
         learning_rate=1e-4, logging_steps=10**6, save_strategy="no", report_to=[], bf16=args.gpu,
         optim="adamw_torch_fused" if args.gpu else "adamw_torch", dataloader_num_workers=0,
         use_cpu=not args.gpu, disable_tqdm=True, remove_unused_columns=False, seed=0,
@@ -154,8 +158,13 @@ def main() -> None:
             prepared = prepared_synthetic(work, rows=args.batch * args.workers * (args.steps + 5), seq=args.seq)
         else:
             prepared = prepared_moral_stories(work)
-        theirs = hf_trainer(prepared, work, args)
-        mine = ours(prepared, work, args)
+        from transformers import AutoTokenizer
+
+        from bench.shapes import model_folder
+
+        base = model_folder(args.model, AutoTokenizer.from_pretrained(prepared / "tokenizer"), work / "base")
+        theirs = hf_trainer(prepared, base, args)
+        mine = ours(prepared, base, work, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     device = "GPU" if args.gpu else f"CPU ({os.cpu_count()} cores, {platform.machine()})"

@@ -7,7 +7,6 @@ given with ``--config`` sets any of them. Validation errors name the flag to fix
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Union
 
 
@@ -90,14 +89,52 @@ class PrepareConfig:
 
 
 @dataclass
-class SFTConfig:
+class EngineConfig:
+    """What every training stage (sft, rl) sets the same way: devices, DeepSpeed, seed, logging.
+
+    Both stages take them, each under its own flags (``--sft.zero_stage``, ``--rl.zero_stage``)."""
+
+    _flag = "--engine"
+
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage 0-3."""
+    precision: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."""
+    use_gpu: bool = False
+    """Train on GPUs (one per worker or learner)."""
+    seed: int = 0
+    log_every: int = 1
+    """Print a progress line every this many steps (sft) or iterations (rl)."""
+    tracking: str = "tensorboard"
+    """tensorboard, mlflow or wandb (the latter two need their packages and usual environment)."""
+    trust_remote_code: bool = False
+    """Allow model code from the model's folder or hub repo (only for models you trust)."""
+    max_failures: int = 2
+    """Recover from a dead training worker (sft) or learner / discriminator (rl) this many times, from the
+    last checkpoint."""
+
+    def __post_init__(self) -> None:
+        _choice(f"{self._flag}.zero_stage", self.zero_stage, (0, 1, 2, 3))
+        _choice(f"{self._flag}.precision", self.precision, ("auto", "bf16", "fp32"))
+        _choice(f"{self._flag}.tracking", self.tracking, ("tensorboard", "mlflow", "wandb"))
+        if self.log_every < 1:
+            raise ConfigError(f"{self._flag}.log_every must be at least 1, got {self.log_every}")
+        if self.max_failures < 0:
+            raise ConfigError(f"{self._flag}.max_failures must not be negative, got {self.max_failures}")
+
+    def bf16(self) -> bool:
+        return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
+
+
+@dataclass
+class SFTConfig(EngineConfig):
     """Supervised fine-tuning on chains of edits (Ray Train + DeepSpeed)."""
+
+    _flag = "--sft"
 
     model: str = "smollm2"
     """Base LM: "smollm2" (embedded SmolLM2-135M-Instruct), "tiny-llama" (random, for tests), a local folder,
     or a hub id on machines with network."""
-    trust_remote_code: bool = False
-    """Allow model code from the model's folder or hub repo (only for models you trust)."""
     epochs: int = 2
     """Passes over the training split (the paper: 3; on the bundled sample the eval loss is best near the end of
     the second and rises in the third)."""
@@ -130,40 +167,28 @@ class SFTConfig:
     """Evaluate on at most this many eval rows (default: all)."""
     max_train_rows: Optional[int] = None
     """Train on the first this many training chains only (few-shot adaptation; default: all)."""
-    zero_stage: int = 2
-    """DeepSpeed ZeRO stage 0-3."""
     offload_optimizer: bool = False
     """ZeRO-Offload: optimizer state and step on the CPU."""
     offload_params: bool = False
     """ZeRO-3 parameter offload to the CPU."""
-    precision: str = "auto"
-    """auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."""
     gradient_checkpointing: bool = False
     num_workers: int = 2
     """Ray Train workers (one per GPU with --sft.use_gpu)."""
-    use_gpu: bool = False
     cpus_per_worker: Optional[float] = None
     """CPUs Ray reserves per worker (default: 1, less on a small machine so that one CPU stays free to
     read data)."""
-    max_failures: int = 2
-    """Restart the workers from the last checkpoint this many times when one dies."""
-    seed: int = 0
-    log_every: int = 1
-    """Print a progress line every this many steps."""
     peak_tflops: Optional[float] = None
     """Accelerator peak TFLOP/s for the MFU estimate (default: from the GPU name)."""
-    tracking: str = "tensorboard"
-    """tensorboard, mlflow or wandb (the latter two need their packages and usual environment)."""
     fault_injection_step: Optional[int] = None
     """Testing fault tolerance: worker 1 exits abruptly, once, when it reaches this step."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         checks = {
             "epochs": self.epochs >= 1, "micro_batch_size": self.micro_batch_size >= 1,
             "grad_accum": self.grad_accum >= 1, "lr": self.lr > 0, "eval_every": self.eval_every >= 1,
             "patience": self.patience >= 0, "num_workers": self.num_workers >= 1,
-            "bucket_window": self.bucket_window >= 1, "max_failures": self.max_failures >= 0,
-            "log_every": self.log_every >= 1,
+            "bucket_window": self.bucket_window >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -172,24 +197,20 @@ class SFTConfig:
             raise ConfigError(f"--sft.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"--sft.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        _choice("--sft.zero_stage", self.zero_stage, (0, 1, 2, 3))
         if self.offload_params and self.zero_stage != 3:
             raise ConfigError("--sft.offload_params needs --sft.zero_stage 3")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("--sft.offload_optimizer needs --sft.zero_stage 1, 2 or 3")
-        _choice("--sft.precision", self.precision, ("auto", "bf16", "fp32"))
-        _choice("--sft.tracking", self.tracking, ("tensorboard", "mlflow", "wandb"))
         for name in ("max_steps", "max_train_rows", "max_eval_rows"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--sft.{name} must be at least 1, got {getattr(self, name)}")
 
-    def bf16(self) -> bool:
-        return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
-
 
 @dataclass
-class RLConfig:
+class RLConfig(EngineConfig):
     """Refinement by RL: adversarial imitation optimised with PPO on Ray actors."""
+
+    _flag = "--rl"
 
     iterations: int = 6
     """Rollout -> score -> PPO update -> discriminator update -> weight sync, this many times (a short local
@@ -246,11 +267,6 @@ class RLConfig:
     """Discriminator log-odds are clipped to [-disc_clip, disc_clip] in the reward."""
     validity_weight: float = 1.0
     """Weight of the edit-validity term (+1 valid and consistent, 0 applies but inconsistent, -1 broken)."""
-    zero_stage: int = 2
-    """DeepSpeed ZeRO stage of the learners (0-3)."""
-    precision: str = "auto"
-    """auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."""
-    use_gpu: bool = False
     colocate: bool = True
     """Share devices: rollout worker i, learner i (and the reference and discriminator with the first) in one
     placement-group bundle. False gives each actor its own bundle (its own GPU)."""
@@ -258,29 +274,23 @@ class RLConfig:
     """Checkpoint (learners, discriminator, loop state) every this many iterations, and at the end."""
     max_restarts: int = 3
     """A dead rollout or reference actor is restarted this many times (its work is redone)."""
-    max_failures: int = 2
-    """A dead learner or discriminator rolls the run back to the last checkpoint this many times."""
-    seed: int = 0
-    log_every: int = 1
-    tracking: str = "tensorboard"
-    """tensorboard, mlflow or wandb."""
-    trust_remote_code: bool = False
     fault_injection_iteration: Optional[int] = None
     """Testing fault tolerance: an actor (see --rl.fault_injection_actor) exits abruptly, once, in this iteration."""
     fault_injection_actor: str = "rollout"
     """rollout (worker 0, while generating) or learner (rank 0, while learning)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         positive = ("iterations", "prompts_per_iteration", "max_new_tokens", "rollout_workers", "rollout_batch_size",
                     "learner_workers", "ppo_epochs", "minibatch_size", "micro_batch_size", "disc_steps",
-                    "checkpoint_every", "log_every", "kl_horizon")
+                    "checkpoint_every", "kl_horizon")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--rl.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "disc_lr", "clip", "disc_clip"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--rl.{name} must be positive, got {getattr(self, name)}")
-        for name in ("kl_coef", "vf_coef", "validity_weight", "temperature", "max_restarts", "max_failures"):
+        for name in ("kl_coef", "vf_coef", "validity_weight", "temperature", "max_restarts"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--rl.{name} must not be negative, got {getattr(self, name)}")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
@@ -297,13 +307,7 @@ class RLConfig:
         if self.prompts_per_iteration % self.minibatch_size:
             raise ConfigError(f"--rl.prompts_per_iteration {self.prompts_per_iteration} must be a multiple of "
                               f"--rl.minibatch_size {self.minibatch_size}")
-        _choice("--rl.zero_stage", self.zero_stage, (0, 1, 2, 3))
-        _choice("--rl.precision", self.precision, ("auto", "bf16", "fp32"))
         _choice("--rl.fault_injection_actor", self.fault_injection_actor, ("rollout", "learner"))
-        _choice("--rl.tracking", self.tracking, ("tensorboard", "mlflow", "wandb"))
-
-    def bf16(self) -> bool:
-        return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
 
 
 @dataclass
@@ -374,32 +378,3 @@ class RayConfig:
     def __post_init__(self) -> None:
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ConfigError(f"--ray.num_cpus must be at least 1, got {self.num_cpus}")
-
-
-def resolve_out(out: str | Path) -> Path:
-    path = Path(out).expanduser().resolve()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
-    return path
-
-
-def training_dirs(prepared: str | Path, out: str | Path, summary_file: str, config: dict, resume: bool,
-                  overwrite: bool) -> tuple[Path, Path]:
-    """Check ``prepared`` and make ``out`` ready for a training stage: an earlier run there is replaced
-    (``overwrite``), continued (``resume``) or refused with the flag to pass. Writes out/config.json."""
-    import json
-    import shutil
-
-    prepared, out = Path(prepared).expanduser().resolve(), Path(out).expanduser().resolve()
-    if not (prepared / "manifest.json").is_file():
-        raise ConfigError(f"--prepared {prepared} holds no prepared data: run `secondthought prepare` first")
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif (out / summary_file).is_file() and not resume:
-            raise ConfigError(f"{out} already holds a finished run: pass --overwrite to run again")
-        elif not resume:
-            raise ConfigError(f"{out} holds an unfinished run: pass --resume to continue it or --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    return prepared, out

@@ -25,8 +25,9 @@ import numpy as np
 
 from secondthought.config import ConfigError, EvalConfig, RayConfig
 from secondthought.data.schema import judge_held_out
-from secondthought.formatting import check_completion, split_completion
-from secondthought.prepare import first_chains
+from secondthought.formatting import Verdict
+from secondthought.inference import Output
+from secondthought.runs import PreparedDir, ReportDir, model_folder, write_json
 from secondthought.runtime import ray_session
 from secondthought.tracking import figure
 
@@ -42,8 +43,8 @@ class EvalRow:
     prompt_ids: list[int]
 
 
-def _triples(prepared: Path, split: str) -> list[EvalRow]:
-    forward, _ = first_chains(prepared, split, ["context", "source", "target"])
+def _triples(prepared: PreparedDir, split: str) -> list[EvalRow]:
+    forward, _ = prepared.first_chains(split, ["context", "source", "target"])
     return [EvalRow(r["id"], r["context"], r["source"], r["target"], r["prompt_ids"]) for r in forward]
 
 
@@ -53,12 +54,13 @@ def labelled(rows: list[EvalRow]) -> tuple[list[tuple[str, str]], list[float]]:
     return pairs, [0.0, 1.0] * len(rows)
 
 
-def train_judge(prepared: Path, cfg: EvalConfig, out: Path, test: list[EvalRow]) -> dict:
+def train_judge(prepared: PreparedDir, cfg: EvalConfig, out: ReportDir, test: list[EvalRow]) -> dict:
     from secondthought.classifier import PairClassifier
 
     train = [r for r in _triples(prepared, "train") if judge_held_out(r.id)]
     if len(train) < 2:
-        raise ConfigError(f"{prepared} has {len(train)} training triples held out for the judge: too few to train it")
+        raise ConfigError(f"{prepared.path} has {len(train)} training triples held out for the judge: too few to "
+                          "train it")
     judge = PairClassifier(cfg.judge, lr=cfg.judge_lr, seed=cfg.seed)
     pairs, labels = labelled(train)
     rng = np.random.default_rng(cfg.seed)
@@ -70,26 +72,18 @@ def train_judge(prepared: Path, cfg: EvalConfig, out: Path, test: list[EvalRow])
             losses.append(judge.train_step([pairs[i] for i in idx], [labels[i] for i in idx])["loss"])
     test_pairs, test_labels = labelled(test)
     accuracy = float(np.mean((judge.logits(test_pairs) > 0) == np.asarray(test_labels, dtype=bool)))
-    judge.save(out / "judge")
+    judge.save(out.judge)
     return {"train_triples": len(train), "held_out_accuracy": accuracy, "test_pairs": len(test_pairs),
-            "first_loss": losses[0], "last_loss": losses[-1], "folder": str(out / "judge")}
+            "first_loss": losses[0], "last_loss": losses[-1], "folder": str(out.judge)}
 
 
-def generate(model_dir: str, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy completions, decoded with special tokens and without EOS."""
-    import torch
-    from transformers import AutoTokenizer
+def generate(model_dir: str, rows: list[EvalRow], max_new_tokens: int, batch_size: int) -> list[Output]:
+    """Greedy completions of the rows' prompts, chains checked against their sources."""
+    from secondthought.inference import Policy, SamplingParams
 
-    from secondthought.models import load_model
-    from secondthought.rl.generation import SamplingParams, sample
-
-    torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = load_model(model_dir).eval()
+    policy = Policy.load(model_dir, threads=1)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0, batch_size=batch_size)
-    eos = tokenizer.eos_token_id
-    completions = sample(model, prompts, eos, tokenizer.pad_token_id, params, seed=0)
-    return [tokenizer.decode([t for t in c if t != eos], skip_special_tokens=False) for c in completions]
+    return policy.complete([r.prompt_ids for r in rows], [r.source for r in rows], params, seed=0)
 
 
 def perplexities(base_dir: str, contexts: list[str], texts: list[str]) -> np.ndarray:
@@ -158,14 +152,9 @@ def word_diff(source: str, target: str) -> str:
     return " ".join(out)
 
 
-def writes_chains(model_dir: str | Path) -> bool:
-    """False for a model fine-tuned without chains (its run's config.json says ``"chains": false``)."""
-    run_config = Path(model_dir).parent / "config.json"
-    return not run_config.is_file() or json.loads(run_config.read_text()).get("chains", True) is not False
-
-
-def system_metrics(name: str, rows: list[EvalRow], texts: list[str], completions: list[str] | None,
+def system_metrics(name: str, rows: list[EvalRow], texts: list[str], verdicts: list[Verdict] | None,
                    aligned: np.ndarray, source_aligned: np.ndarray, nll: np.ndarray, cfg: EvalConfig) -> dict:
+    """``verdicts``: one per row for a system that writes chains of edits, else None."""
     refs = [r.target for r in rows]
     wins = np.where(aligned > source_aligned, 1.0, np.where(aligned == source_aligned, 0.5, 0.0))
     metrics = {
@@ -175,8 +164,7 @@ def system_metrics(name: str, rows: list[EvalRow], texts: list[str], completions
         "rouge_l": bootstrap(rouge_l(texts, refs), resamples=cfg.bootstrap, seed=cfg.seed),
         "perplexity": tuple(math.exp(v) for v in bootstrap(nll, resamples=cfg.bootstrap, seed=cfg.seed)),
     }
-    if completions is not None:
-        verdicts = [check_completion(r.source, c) for r, c in zip(rows, completions)]
+    if verdicts is not None:
         metrics["validity"] = bootstrap(np.array([v.applies for v in verdicts], float), resamples=cfg.bootstrap,
                                         seed=cfg.seed)
         metrics["consistency"] = bootstrap(np.array([v.consistent for v in verdicts], float),
@@ -235,51 +223,50 @@ def plot(report: dict, png: Path) -> None:
 def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Path, cfg: EvalConfig,
              ray_cfg: RayConfig, out: str | Path) -> dict:
     """Evaluate ``systems`` (name -> model folder; "copy" and "reference" are built in) into ``out``."""
-    prepared, out = Path(prepared).expanduser().resolve(), Path(out).expanduser().resolve()
+    prepared = PreparedDir.open(prepared)
+    out = ReportDir(Path(out).expanduser().resolve())
     test = _triples(prepared, cfg.split)
     if not test:
-        raise ConfigError(f"{prepared}/data/{cfg.split} holds no triples to evaluate")
+        raise ConfigError(f"{prepared.split(cfg.split)} holds no triples to evaluate")
     test = test[: cfg.max_rows] if cfg.max_rows else test
-    for name, folder in systems.items():
-        if not (Path(folder) / "config.json").is_file():
-            raise ConfigError(f"system {name!r}: {folder} is not a model folder")
-    out.mkdir(parents=True, exist_ok=True)
+    systems = {name: str(model_folder(folder, f"system {name!r}:")) for name, folder in systems.items()}
+    out.path.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with ray_session(ray_cfg):
         import ray
 
-        prompts = [r.prompt_ids for r in test]
         remote = ray.remote(num_cpus=1)
-        jobs = {name: remote(generate).remote(str(folder), prompts, cfg.max_new_tokens, cfg.batch_size)
+        jobs = {name: remote(generate).remote(folder, test, cfg.max_new_tokens, cfg.batch_size)
                 for name, folder in systems.items()}
         judge_job = remote(train_judge).remote(prepared, cfg, out, test)
-        completions = {name: ray.get(job) for name, job in jobs.items()}
+        outputs: dict[str, list[Output]] = {name: ray.get(job) for name, job in jobs.items()}
         judge_info = ray.get(judge_job)
         texts = {"copy": [r.source for r in test], "reference": [r.target for r in test]}
-        texts |= {name: [split_completion(c).target.strip() for c in done] for name, done in completions.items()}
+        texts |= {name: [o.target.strip() for o in done] for name, done in outputs.items()}
         contexts = [r.context for r in test]
         nll = {name: remote(perplexities).remote(str(base_model), contexts, t) for name, t in texts.items()}
         nll = {name: ray.get(job) for name, job in nll.items()}
 
     from secondthought.classifier import PairClassifier
 
-    judge = PairClassifier(str(out / "judge"))
+    judge = PairClassifier(str(out.judge))
     source_aligned = 1 / (1 + np.exp(-judge.logits([(r.context, r.source) for r in test])))
     results = []
     for name, written in texts.items():
         aligned = 1 / (1 + np.exp(-judge.logits([(r.context, t) for r, t in zip(test, written)])))
-        chains = completions.get(name) if name in systems and writes_chains(systems[name]) else None
-        results.append(system_metrics(name, test, written, chains, aligned, source_aligned, nll[name], cfg))
-    report = {"prepared": str(prepared), "split": cfg.split, "test_rows": len(test), "judge": judge_info,
-              "systems": results, "models": {k: str(v) for k, v in systems.items()}, "config": asdict(cfg),
+        done = outputs.get(name)
+        verdicts = [o.verdict for o in done] if done and done[0].verdict is not None else None
+        results.append(system_metrics(name, test, written, verdicts, aligned, source_aligned, nll[name], cfg))
+    report = {"prepared": str(prepared.path), "split": cfg.split, "test_rows": len(test), "judge": judge_info,
+              "systems": results, "models": systems, "config": asdict(cfg),
               "seconds": round(time.time() - started, 1)}
     examples = [{"id": r.id, "context": r.context, "source": r.source,
                  "outputs": {name: texts[name][k] for name in texts if name != "copy"}}
                 for k, r in enumerate(test[: cfg.examples])]
-    (out / "completions.jsonl").write_text("".join(
-        json.dumps({"id": r.id, **{name: completions[name][k] for name in completions}}) + "\n"
+    out.completions.write_text("".join(
+        json.dumps({"id": r.id, **{name: outputs[name][k].text for name in outputs}}) + "\n"
         for k, r in enumerate(test)))
-    (out / "report.md").write_text(markdown(report, examples) + "\n")
-    plot(report, out / "metrics.png")
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")  # last: marks the evaluation done
+    out.markdown.write_text(markdown(report, examples) + "\n")
+    plot(report, out.plot)
+    write_json(out.report_file, report)  # last: marks the evaluation done
     return report

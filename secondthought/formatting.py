@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from secondthought.edits import EDIT_TOKENS, EditChain, parse
+from secondthought.edits import EDIT_TOKENS, parse
 
 SRC, SEP, TGT = "<|src|>", "<|sep|>", "<|tgt|>"
 FORMAT_TOKENS = (SRC, SEP, TGT)
@@ -41,11 +41,6 @@ def split_completion(text: str) -> Completion:
     """Split generated text at ``<|tgt|>``; text without it is all chain and an empty target."""
     chain_text, _, target = text.partition(TGT)
     return Completion(chain_text, target)
-
-
-def read_chain(text: str) -> EditChain:
-    """Parse the chain part of a completion (raises ``EditFormatError`` on malformed text)."""
-    return parse(split_completion(text).chain_text)
 
 
 @dataclass(frozen=True)

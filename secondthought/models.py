@@ -97,15 +97,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 TINY_MODELS = {
     "tiny-llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True),
-    "small-llama": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-                        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True),
-    "smollm2-135m-shape": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                               num_key_value_heads=3, max_position_embeddings=8192, tie_word_embeddings=True),
-    "smollm2-1.7b-shape": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
-                               num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=8192,
-                               tie_word_embeddings=True),
 }
-"""Random-initialised Llama-shaped models built from a config: tiny ones for tests, real shapes for benchmarks."""
+"""Random-initialised Llama-shaped models built from a config, for tests (seconds, not minutes)."""
 
 
 def _embedded_model_dir() -> Path:
@@ -131,28 +124,38 @@ def build_base_model(name: str, tokenizer, dest: Path, trust_remote_code: bool =
     ``name``: "smollm2" (embedded), a key of TINY_MODELS, a local folder, or a hub id.
     """
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if name in TINY_MODELS:
-        torch.manual_seed(seed)
-        config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                             **TINY_MODELS[name])
-        model = LlamaForCausalLM(config)
-    else:
-        source = _embedded_model_dir() if name == EMBEDDED_LM else name
-        try:
-            model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=torch.float32,
-                                                         trust_remote_code=trust_remote_code)
-        except OSError as e:
-            raise ModelNotFound(
-                f"cannot load a model from {name!r}: give a local folder with safetensors weights, "
-                f"'{EMBEDDED_LM}', one of {sorted(TINY_MODELS)}, or a hub id on a machine with network ({e})"
-            ) from None
-        old_size = model.get_input_embeddings().weight.shape[0]
-        if old_size != len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-            _init_new_tokens(model, tokenizer, old_size)
+        return build_random_model(TINY_MODELS[name], tokenizer, dest, seed)
+    source = _embedded_model_dir() if name == EMBEDDED_LM else name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise ModelNotFound(
+            f"cannot load a model from {name!r}: give a local folder with safetensors weights, "
+            f"'{EMBEDDED_LM}', one of {sorted(TINY_MODELS)}, or a hub id on a machine with network ({e})"
+        ) from None
+    old_size = model.get_input_embeddings().weight.shape[0]
+    if old_size != len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        _init_new_tokens(model, tokenizer, old_size)
+    return _save_with_tokenizer(model, tokenizer, dest)
+
+
+def build_random_model(shape: dict, tokenizer, dest: Path, seed: int = 0) -> Path:
+    """A random-initialised Llama of ``shape`` (LlamaConfig fields) sized to ``tokenizer``, saved to ``dest``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
+    return _save_with_tokenizer(LlamaForCausalLM(config), tokenizer, dest)
+
+
+def _save_with_tokenizer(model, tokenizer, dest: Path) -> Path:
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -202,29 +205,3 @@ def export_hf(model, state_dict, source_dir: Path, dest: Path) -> None:
             shutil.copy(Path(source_dir) / name, tmp / name)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.replace(dest)
-
-
-def engine_config(micro_batch_size: int, grad_accum: int, zero_stage: int, bf16: bool, max_grad_norm: float = 1.0,
-                  offload_optimizer: bool = False, offload_params: bool = False, use_gpu: bool = False,
-                  lr: float = 1e-5, weight_decay: float = 0.0) -> dict:
-    """The DeepSpeed config of a training engine (SFT workers, RL learners)."""
-    zero: dict = {"stage": zero_stage}
-    if offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu}
-    if offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": use_gpu}
-    if zero_stage == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
-    config = {
-        "train_micro_batch_size_per_gpu": micro_batch_size,
-        "gradient_accumulation_steps": grad_accum,
-        "gradient_clipping": max_grad_norm,
-        "zero_optimization": zero,
-        "bf16": {"enabled": bf16},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 2**31 - 1,
-        "wall_clock_breakdown": False,
-    }
-    if offload_optimizer:  # the offloaded step needs DeepSpeed's own CPU Adam
-        config["optimizer"] = {"type": "AdamW", "params": {"lr": lr, "weight_decay": weight_decay}}
-    return config

@@ -29,10 +29,8 @@ from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConf
 from secondthought.data.records import Chunk, RawRecord
 from secondthought.data.schema import Rejected, Triple
 from secondthought.examples import Encoder, build
+from secondthought.runs import PreparedDir, write_json
 from secondthought.runtime import ray_session
-
-MANIFEST = "manifest.json"
-QUARANTINE = "quarantine.jsonl"
 
 ITEM_SCHEMA = pa.schema([
     ("id", pa.string()), ("dataset", pa.string()), ("split", pa.string()), ("context", pa.string()),
@@ -163,7 +161,7 @@ def _process_block(batch: pa.Table, cfg: PrepareConfig, tokenizer_dir: str, out:
     quarantine.extend(too_long)
     keys = [key for keys in columns["records"] for key in keys]
     name = "part-" + hashlib.blake2b(min(keys).encode(), digest_size=8).hexdigest()
-    splits = _write_examples(examples, Path(out) / "data", name)
+    splits = _write_examples(examples, PreparedDir(Path(out)).data, name)
     if quarantine:
         (Path(out) / "quarantine").mkdir(parents=True, exist_ok=True)
         with open(Path(out) / "quarantine" / f"{name}.jsonl", "w", encoding="utf-8") as f:
@@ -181,14 +179,15 @@ def _process_block(batch: pa.Table, cfg: PrepareConfig, tokenizer_dir: str, out:
     return pa.Table.from_pylist([summary], schema=SUMMARY_SCHEMA)
 
 
-def _merge_quarantine(out: Path) -> None:
+def _merge_quarantine(out: PreparedDir) -> None:
     """Join the tasks' quarantine parts into one file, in input order."""
-    parts = sorted((out / "quarantine").glob("*.jsonl")) if (out / "quarantine").is_dir() else []
+    parts_dir = out.path / "quarantine"
+    parts = sorted(parts_dir.glob("*.jsonl")) if parts_dir.is_dir() else []
     rows = [json.loads(line) for part in parts for line in part.read_text(encoding="utf-8").splitlines()]
     rows.sort(key=lambda r: (r["file"], r["line"]))
-    with open(out / QUARANTINE, "w", encoding="utf-8") as f:
+    with open(out.quarantine, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    shutil.rmtree(out / "quarantine", ignore_errors=True)
+    shutil.rmtree(parts_dir, ignore_errors=True)
 
 
 def _chain_stats(histogram: Counter[int]) -> dict:
@@ -212,28 +211,6 @@ def _chain_stats(histogram: Counter[int]) -> dict:
     }
 
 
-def first_chains(prepared: str | Path, split: str, columns: list[str]) -> tuple[list[dict], dict[str, dict]]:
-    """A prepared split read back one row per triple: the first forward row of each id (sorted by id) and
-    the first reverse row by id. Rows hold ``columns``, ``id``, ``direction`` and ``prompt_ids`` (the
-    prompt's token ids); a split that is not there gives nothing."""
-    import pyarrow.dataset as pads
-
-    folder = Path(prepared) / "data" / split
-    if not folder.is_dir():
-        return [], {}
-    wanted = list(dict.fromkeys(["id", "direction", "prompt_len", "input_ids", *columns]))
-    first: dict[str, dict[str, dict]] = {"forward": {}, "reverse": {}}
-    for row in pads.dataset(folder, format="parquet").to_table(columns=wanted).to_pylist():
-        if row["id"] not in first[row["direction"]]:
-            row["prompt_ids"] = list(row["input_ids"][: row["prompt_len"]])
-            first[row["direction"]][row["id"]] = row
-    return [first["forward"][k] for k in sorted(first["forward"])], first["reverse"]
-
-
-def is_prepared(out: str | Path) -> bool:
-    return (Path(out) / MANIFEST).is_file()
-
-
 def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, out: str | Path,
                 overwrite: bool = False, progress: bool = True) -> dict:
     """Run the whole stage into ``out``; returns the manifest (also written to ``out/manifest.json``)."""
@@ -242,16 +219,17 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
 
     from secondthought.models import load_tokenizer
 
-    out = Path(out).expanduser().resolve()
+    run = PreparedDir(Path(out).expanduser().resolve())
+    out = run.path
     if out.exists() and any(out.iterdir()):
-        if not overwrite and is_prepared(out):
+        if not overwrite and run.done:
             raise ConfigError(f"{out} already holds prepared data: pass --overwrite to replace it")
         shutil.rmtree(out)  # an unfinished earlier run (no manifest) is redone from the start
     out.mkdir(parents=True)
     started = time.time()
     chunks = datasets.plan(data, prepare.chunk_mb << 20)
     tokenizer = load_tokenizer(prepare.tokenizer)
-    tokenizer_dir = out / "tokenizer"
+    tokenizer_dir = run.tokenizer
     tokenizer.save_pretrained(tokenizer_dir)
 
     totals: Counter[str] = Counter()
@@ -278,7 +256,7 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
                 splits.update(json.loads(summary["splits"]))
                 bar.update(summary["records_in"])
                 bar.set_postfix(chains=totals["chains"], quarantined=totals["records_quarantined"])
-    _merge_quarantine(out)
+    _merge_quarantine(run)
     elapsed = time.time() - started
     manifest = {
         "dataset": data.dataset,
@@ -302,5 +280,5 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
     if manifest["rows_in"] != manifest["rows_out"] + manifest["rows_quarantined"]:
         raise RuntimeError(f"prepare lost rows: {manifest['rows_in']} in, {manifest['rows_out']} out, "
                            f"{manifest['rows_quarantined']} quarantined")
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(run.manifest_file, manifest)  # last: marks the stage done
     return manifest

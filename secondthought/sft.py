@@ -1,4 +1,5 @@
-"""``secondthought sft``: fine-tune the LM on prepared chains of edits with Ray Train and DeepSpeed.
+"""``secondthought sft``, the driver: fine-tune the LM on prepared chains of edits with Ray Train and
+DeepSpeed (each worker runs ``sft_worker.train_loop_per_worker``).
 
 Reads ``prepared/data/{train,eval}`` (forward chains only), trains with N workers, and writes to
 ``out/``: ``model/`` (the best checkpoint by eval loss, Hugging Face format, safetensors),
@@ -8,7 +9,6 @@ under ``ray/`` (``--resume`` continues from the latest of them).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -16,27 +16,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from secondthought.batching import micro_batches_per_epoch
-from secondthought.config import ConfigError, RayConfig, SFTConfig, training_dirs
+from secondthought.config import ConfigError, RayConfig, SFTConfig
 from secondthought.formatting import TGT
+from secondthought.runs import ModelInfo, PreparedDir, TrainingDir, is_model_folder, write_model_info
 from secondthought.runtime import ray_session
 from secondthought.tracking import figure, label, read_metrics
 
 RUN_NAME = "sft"
-SUMMARY = "summary.json"
-
-
-def _count(path: Path, costs: list | None = None) -> int:
-    """Forward chains in a split (with ``costs``: only those of that cost set, one per triple)."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-
-    if not path.is_dir():
-        return 0
-    table = pads.dataset(path, format="parquet").to_table(columns=["direction", "costs"])
-    forward = pc.equal(table["direction"], "forward")
-    if costs is None:
-        return int(pc.sum(forward).as_py() or 0)
-    return sum(f and list(c) == costs for f, c in zip(forward.to_pylist(), table["costs"].to_pylist()))
 
 
 def _dataset(path: Path, limit: int | None = None, costs: list | None = None):
@@ -80,19 +66,20 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
     from transformers import AutoTokenizer
 
     from secondthought.models import build_base_model
-    from secondthought.sft_loop import train_loop_per_worker
+    from secondthought.sft_worker import train_loop_per_worker
 
-    prepared, out = training_dirs(prepared, out, SUMMARY, asdict(cfg), resume, overwrite)
+    prepared = PreparedDir.open(prepared)
+    run = TrainingDir.start(out, asdict(cfg), resume, overwrite)
+    out = run.path
 
-    tokenizer = AutoTokenizer.from_pretrained(prepared / "tokenizer")
-    base_dir = out / "base"
-    if not (base_dir / "config.json").is_file():
-        build_base_model(cfg.model, tokenizer, base_dir, cfg.trust_remote_code, cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(prepared.tokenizer)
+    if not is_model_folder(run.base):
+        build_base_model(cfg.model, tokenizer, run.base, cfg.trust_remote_code, cfg.seed)
 
     # Without chains the rows of one triple's other cost sets would be copies: keep one per triple.
-    one_per_triple = None if cfg.chains else json.loads((prepared / "manifest.json").read_text())["cost_sets"][0]
-    n_train = _count(prepared / "data" / "train", one_per_triple)
-    n_eval = _count(prepared / "data" / "eval", one_per_triple)
+    one_per_triple = None if cfg.chains else prepared.manifest()["cost_sets"][0]
+    n_train = prepared.count_forward("train", one_per_triple)
+    n_eval = prepared.count_forward("eval", one_per_triple)
     n_train = min(n_train, cfg.max_train_rows or n_train)
     per_epoch = micro_batches_per_epoch(n_train, cfg.num_workers, cfg.micro_batch_size, cfg.grad_accum)
     if per_epoch == 0:
@@ -105,7 +92,7 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
     if eval_used < cfg.num_workers:
         raise ConfigError(f"the eval split has {n_eval} chains: too few to evaluate on {cfg.num_workers} workers")
     plan = {
-        "out": str(out), "base_dir": str(base_dir), "pad_id": tokenizer.pad_token_id,
+        "out": str(out), "base_dir": str(run.base), "best_dir": str(run.best), "pad_id": tokenizer.pad_token_id,
         "tgt_id": tokenizer.convert_tokens_to_ids(TGT),
         "micro_batches_per_epoch": per_epoch, "total_steps": total_steps,
         "warmup_steps": int(cfg.warmup_fraction * total_steps), "eval_rows_per_rank": eval_used // cfg.num_workers,
@@ -125,29 +112,31 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             ),
-            datasets={"train": _dataset(prepared / "data" / "train", cfg.max_train_rows, one_per_triple),
-                      "eval": _dataset(prepared / "data" / "eval", cfg.max_eval_rows, one_per_triple)},
+            datasets={"train": _dataset(prepared.split("train"), cfg.max_train_rows, one_per_triple),
+                      "eval": _dataset(prepared.split("eval"), cfg.max_eval_rows, one_per_triple)},
             # Every worker reads the whole (ordered) split and keeps its own rows: a restarted run
             # then sees exactly the same batches and can skip the ones it had done.
             dataset_config=ray.train.DataConfig(datasets_to_split=[],
                                                 execution_options=ExecutionOptions(preserve_order=True)),
         )
         trainer.fit()
-    if not (out / "best" / "config.json").is_file():
-        raise RuntimeError(f"training ended without an evaluated model in {out / 'best'}")
-    shutil.rmtree(out / "model", ignore_errors=True)
-    shutil.copytree(out / "best", out / "model")
-    rows = read_metrics(out / "metrics.jsonl", "step")
+    if not is_model_folder(run.best):
+        raise RuntimeError(f"training ended without an evaluated model in {run.best}")
+    shutil.rmtree(run.model, ignore_errors=True)
+    shutil.copytree(run.best, run.model)
+    write_model_info(run.model, ModelInfo(stage="sft", writes_chains=cfg.chains, base_model=cfg.model,
+                                          base_folder=str(run.base), trained_from=cfg.model))
+    rows = read_metrics(run.metrics, "step")
     plot_losses(rows, out / "loss.png")
     last = rows[max(rows)]
     evals = [r["eval_loss"] for r in rows.values() if "eval_loss" in r]
     summary = {
-        "model": str(out / "model"), "base_model": cfg.model, "steps": max(rows), "total_steps": total_steps,
+        "model": str(run.model), "base_model": cfg.model, "steps": max(rows), "total_steps": total_steps,
         "train_chains": n_train, "eval_chains": eval_used, "first_loss": rows[min(rows)]["loss"],
         "last_loss": last["loss"], "best_eval_loss": min(evals) if evals else math.nan,
         "stopped_early": max(rows) < total_steps,
         "seconds": round(time.time() - started, 1), "loss_plot": str(out / "loss.png"),
         "tensorboard": str(out / "tensorboard"),
     }
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    run.write_summary(summary)  # last: marks the run done
     return summary

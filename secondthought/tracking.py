@@ -9,6 +9,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from secondthought.runs import METRICS
+
 
 class Tracker:
     """Metrics to metrics.jsonl, TensorBoard (or MLflow / W&B) and a progress line, on rank 0 only."""
@@ -20,7 +22,7 @@ class Tracker:
         self.writer = None
         if not self.active:
             return
-        self.metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8")
+        self.metrics_file = open(out / METRICS, "a", encoding="utf-8")
         if cfg.tracking == "tensorboard":
             from tensorboardX import SummaryWriter
 

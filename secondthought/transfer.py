@@ -12,40 +12,38 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from secondthought.config import (
-    ConfigError,
-    DataConfig,
-    EvalConfig,
-    PrepareConfig,
-    RayConfig,
-    SFTConfig,
-    TransferConfig,
+from secondthought.config import DataConfig, EvalConfig, PrepareConfig, RayConfig, SFTConfig, TransferConfig
+from secondthought.runs import (
+    CONFIG,
+    PreparedDir,
+    ReportDir,
+    TrainingDir,
+    base_of,
+    model_folder,
+    resolve_out,
+    run_once,
+    write_json,
 )
 from secondthought.runtime import ray_session
 
 
 def run_transfer(model: str | Path, data: DataConfig, cfg: TransferConfig, evaluation: EvalConfig,
-                 ray_cfg: RayConfig, out: str | Path, base: str | Path | None = None, seed: int = 0) -> dict:
+                 ray_cfg: RayConfig, out: str | Path, base: str | Path | None = None) -> dict:
     from secondthought.evaluate import run_eval
-    from secondthought.pipeline import run_once
-    from secondthought.prepare import MANIFEST, run_prepare
-    from secondthought.sft import SUMMARY as SFT_SUMMARY
+    from secondthought.prepare import run_prepare
     from secondthought.sft import run_sft
 
-    model, out = Path(model).expanduser().resolve(), Path(out).expanduser().resolve()
-    if not (model / "config.json").is_file():
-        raise ConfigError(f"--model {model} is not a model folder: give the model/ folder of `secondthought sft`")
-    base = Path(base) if base else (model.parent / "base" if (model.parent / "base" / "config.json").is_file()
-                                    else model)
+    model, out = model_folder(model, "--model"), resolve_out(out)
+    base = Path(base) if base else base_of(model)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"model": str(model), "data": asdict(data), "transfer": asdict(cfg),
-                                                 "eval": asdict(evaluation)}, indent=2))
-    prepared = out / "prepared"
+    (out / CONFIG).write_text(json.dumps({"model": str(model), "data": asdict(data), "transfer": asdict(cfg),
+                                          "eval": asdict(evaluation)}, indent=2))
+    prepared, report_dir = PreparedDir(out / "prepared"), ReportDir(out / "eval")
     with ray_session(ray_cfg):
-        manifest = run_once("prepare", prepared, MANIFEST, f"{data.dataset} with the model's tokenizer",
+        manifest = run_once("prepare", prepared.manifest_file, f"{data.dataset} with the model's tokenizer",
                             lambda _: run_prepare(data, PrepareConfig(cost_sets=[(1, 1, 1)], reverse=False,
                                                                       tokenizer=str(model)),
-                                                  ray_cfg, prepared, overwrite=True, progress=False))
+                                                  ray_cfg, prepared.path, overwrite=True, progress=False))
         systems = {}
         for k in sorted(set(cfg.shots)):
             if k == 0:
@@ -53,18 +51,18 @@ def run_transfer(model: str | Path, data: DataConfig, cfg: TransferConfig, evalu
                 continue
             sft = SFTConfig(model=str(model), max_train_rows=k, epochs=cfg.epochs, num_workers=1,
                             micro_batch_size=min(cfg.micro_batch_size, k), lr=cfg.lr, warmup_fraction=0.0,
-                            eval_every=10**9, patience=0, max_eval_rows=cfg.max_eval_rows, seed=seed, log_every=10)
-            folder = out / f"k{k}"
-            summary = run_once(f"k={k}", folder, SFT_SUMMARY, f"adapting with {k} examples",
-                               lambda unfinished, sft=sft, folder=folder: run_sft(prepared, sft, ray_cfg, folder,
-                                                                                   resume=unfinished))
+                            eval_every=10**9, patience=0, max_eval_rows=cfg.max_eval_rows, log_every=10)
+            folder = TrainingDir(out / f"k{k}")
+            summary = run_once(f"k={k}", folder.summary_file, f"adapting with {k} examples",
+                               lambda unfinished, sft=sft, folder=folder: run_sft(prepared.path, sft, ray_cfg,
+                                                                                   folder.path, resume=unfinished))
             systems[f"k={k}"] = summary["model"]
-        report = run_once("eval", out / "eval", "report.json", f"evaluating {', '.join(systems)}",
-                          lambda _: run_eval(prepared, systems, base, evaluation, ray_cfg, out / "eval"))
-    result = {"dataset": data.dataset, "rows": manifest["rows_out"], "report": str(out / "eval" / "report.md"),
+        report = run_once("eval", report_dir.report_file, f"evaluating {', '.join(systems)}",
+                          lambda _: run_eval(prepared.path, systems, base, evaluation, ray_cfg, report_dir.path))
+    result = {"dataset": data.dataset, "rows": manifest["rows_out"], "report": str(report_dir.markdown),
               "judge_accuracy": report["judge"]["held_out_accuracy"],
               "results": {s["system"]: {k: (s["metrics"][k][0] if s["metrics"].get(k) else None)
                                         for k in ("alignment", "bleu", "rouge_l", "validity")}
                           for s in report["systems"]}}
-    (out / "transfer.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "transfer.json", result)
     return result

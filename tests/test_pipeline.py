@@ -5,6 +5,7 @@ import pytest
 
 from secondthought.config import DataConfig, EvalConfig, PrepareConfig, RayConfig, RLConfig, SFTConfig
 from secondthought.pipeline import describe, run_pipeline
+from secondthought.runs import read_model_info
 
 
 def test_pipeline_runs_every_stage_once(ray_local, tmp_path, capsys):
@@ -28,6 +29,11 @@ def test_pipeline_runs_every_stage_once(ray_local, tmp_path, capsys):
     targets_only = json.loads((out / "sft-targets" / "summary.json").read_text())
     assert targets_only["train_chains"] == len(set(forward)) < len(forward)
     assert json.loads((out / "sft" / "summary.json").read_text())["train_chains"] == len(forward)
+    # each model folder says what it writes and where its base is: evaluation reads that, not the run around it
+    infos = {name: read_model_info(out / name / "model") for name in ("sft", "sft-targets", "rl")}
+    assert infos["sft"].writes_chains and not infos["sft-targets"].writes_chains and infos["rl"].writes_chains
+    assert infos["rl"].stage == "rl" and infos["rl"].trained_from == str(out / "sft" / "model")
+    assert infos["rl"].base_folder == infos["sft"].base_folder == str(out / "sft" / "base")
     assert report["test_rows"] == len((out / "eval" / "completions.jsonl").read_text().splitlines()) > 0
     assert 0 <= report["judge"]["held_out_accuracy"] <= 1
     by_name = {s["system"]: s["metrics"] for s in report["systems"]}

@@ -7,7 +7,7 @@ import pytest
 
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig, RLConfig
 from secondthought.prepare import run_prepare
-from secondthought.rl.loop import run_rl
+from secondthought.rl.driver import run_rl
 from secondthought.tracking import read_metrics
 
 FAST = dict(max_new_tokens=16, rollout_workers=2, learner_workers=1, log_every=100)

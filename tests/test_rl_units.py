@@ -11,8 +11,9 @@ from secondthought.edits import compute_edits, serialize
 from secondthought.formatting import check_completion, completion
 from secondthought.rl import ppo
 from secondthought.rl.experience import Sample, collate, padded, shards, unpadded
-from secondthought.rl.generation import SamplingParams, next_tokens, sample
-from secondthought.rl.loop import Prompts, placement
+from secondthought.inference import SamplingParams, next_tokens, sample
+from secondthought.rl.placement import plan as placement
+from secondthought.rl.prompts import Prompts
 from secondthought.rl.reward import Scored, discriminator_pair, validity
 
 T = torch.tensor

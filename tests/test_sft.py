@@ -9,8 +9,8 @@ import torch
 
 from secondthought.batching import Row, bucketed, collate, lr_factor, micro_batches_per_epoch, rows_of_rank
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig, SFTConfig
-from secondthought.edits import EditFormatError
-from secondthought.formatting import prompt, read_chain, split_completion
+from secondthought.edits import EditFormatError, parse
+from secondthought.formatting import prompt, split_completion
 from secondthought.prepare import run_prepare
 from secondthought.sft import run_sft
 from tests.conftest import shared_file
@@ -93,7 +93,7 @@ def test_loss_goes_down_on_moral_stories_zero3_and_export_generates(prepared, tm
         generated = model.generate(ids, max_new_tokens=24, do_sample=False)
     text = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=False)
     try:
-        read_chain(text.removesuffix(tokenizer.eos_token))
+        parse(split_completion(text.removesuffix(tokenizer.eos_token)).chain_text)
     except EditFormatError as e:  # a tiny model writes what it writes; the error must say where
         assert "character" in str(e)
     assert isinstance(split_completion(text).target, str)

@@ -1,6 +1,7 @@
 """Refinement by reinforcement learning: adversarial imitation optimised with PPO on plain Ray actors.
 
-ppo.py (pure math) - experience.py (rollout samples and their batches) - generation.py (sampling
-with a KV cache) - reward.py (edit validity, custom rewards) - actors.py (rollout workers,
-reference, discriminator, learner group) - loop.py (``secondthought rl``).
+Pure: ppo.py (PPO math, advantages), experience.py (rollout samples and their batches), reward.py (edit
+validity, custom rewards), prompts.py (the prompt table). On Ray: placement.py (the placement group),
+group.py (actor groups), actors.py (rollout workers, reference, discriminator, learners), driver.py
+(``secondthought rl``). Sampling is the shared ``secondthought.inference``.
 """

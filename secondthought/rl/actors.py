@@ -1,9 +1,9 @@
 """The Ray actors of the RL stage, laid out as in OpenRLHF: rollout workers, a reference, a
-discriminator and a DeepSpeed learner group. The math they run lives in ppo.py / generation.py.
+discriminator and a DeepSpeed learner group. The math they run lives in ppo.py and ../inference.py.
 
 Rollout workers and the reference hold no state of their own beyond weights the driver can send
 again, so a dead one is restarted by Ray and its call redone. Learners and the discriminator learn;
-losing one rolls the run back to its last checkpoint (the driver's job, see loop.py).
+losing one rolls the run back to its last checkpoint (the driver's job, see driver.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 import ray
 
 from secondthought.rl.experience import Sample, TokenBatch, collate, padded
+from secondthought.training import engine_config, inject_fault
 
 
 def _setup_torch(threads: int, use_gpu: bool):
@@ -25,13 +26,6 @@ def _setup_torch(threads: int, use_gpu: bool):
     if not use_gpu:
         torch.set_num_threads(threads)
     return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-
-
-def inject_fault(iteration: int, fault_iteration: int | None, marker: str | None) -> None:
-    """Testing fault tolerance: exit abruptly (as from a crash or a lost node), once per run."""
-    if iteration == fault_iteration and not Path(marker).exists():
-        Path(marker).touch()
-        os._exit(1)
 
 
 def _tensors(tb: TokenBatch, device) -> dict:
@@ -73,32 +67,28 @@ class RolloutWorker:
 
     def __init__(self, policy_dir: str, sampling: dict, threads: int, use_gpu: bool, index: int,
                  fault_iteration: int | None = None, fault_marker: str | None = None):
-        from secondthought.models import load_model
-        from secondthought.rl.generation import SamplingParams
+        from secondthought.inference import Policy, SamplingParams
 
-        self.device = _setup_torch(threads, use_gpu)
-        self.model = load_model(policy_dir).to(self.device).eval()
+        device = _setup_torch(threads, use_gpu)
+        self.policy = Policy.load(policy_dir, device)
         self.params = SamplingParams(**sampling)
-        self.eos_id, self.pad_id = self.model.config.eos_token_id, self.model.config.pad_token_id
         self.version = None  # weights as loaded: the driver always sends a version before the first rollout
         self.index, self.fault_iteration, self.fault_marker = index, fault_iteration, fault_marker
 
     def set_weights(self, version: int, weights: dict) -> int:
-        self.model.load_state_dict(weights, strict=True)
+        self.policy.model.load_state_dict(weights, strict=True)
         self.version = version
         return version
 
     def generate(self, version: int, prompts: list[list[int]], seed: int, iteration: int) -> dict:
         import time
 
-        from secondthought.rl.generation import sample
-
         if self.version != version:
             raise RuntimeError(f"rollout worker {self.index} holds weights v{self.version}, asked for v{version}")
-        if self.index == 0:
-            inject_fault(iteration, self.fault_iteration, self.fault_marker)
+        if self.index == 0 and iteration == self.fault_iteration:
+            inject_fault(self.fault_marker)
         started = time.time()
-        completions = sample(self.model, prompts, self.eos_id, self.pad_id, self.params, seed)
+        completions = self.policy.sample(prompts, self.params, seed)
         return {"completions": completions, "seconds": time.time() - started, "version": self.version}
 
 
@@ -190,7 +180,7 @@ class Learner:
         import torch
         import torch.distributed as dist
 
-        from secondthought.models import engine_config, load_model
+        from secondthought.models import load_model
 
         cfg = self.cfg
         os.environ.setdefault("LOCAL_RANK", "0")  # Ray gives each learner its own device
@@ -203,8 +193,7 @@ class Learner:
         model = _policy_with_value(lm)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=self.device.type == "cuda")
         per_rank = cfg.minibatch_size // self.world
-        config = engine_config(cfg.micro_batch_size, per_rank // cfg.micro_batch_size, cfg.zero_stage, cfg.bf16(),
-                               use_gpu=cfg.use_gpu, lr=cfg.lr)
+        config = engine_config(cfg, cfg.micro_batch_size, per_rank // cfg.micro_batch_size, cfg.lr)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
 
     def forward(self, samples: list[Sample]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -233,8 +222,8 @@ class Learner:
         from secondthought.rl import ppo
 
         cfg = self.cfg
-        if cfg.fault_injection_actor == "learner" and self.rank == 0:
-            inject_fault(iteration, cfg.fault_injection_iteration, self.fault_marker)
+        if cfg.fault_injection_actor == "learner" and self.rank == 0 and iteration == cfg.fault_injection_iteration:
+            inject_fault(self.fault_marker)
         rng = np.random.default_rng(seed)
         per_rank = cfg.minibatch_size // self.world
         stats = defaultdict(list)

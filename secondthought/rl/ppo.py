@@ -2,14 +2,20 @@
 
 Pure tensor math (torch only, no Ray, no model). Shapes are [batch, completion tokens]; ``mask`` is 1
 on generated tokens and 0 on padding, and every mean here is over the unmasked tokens only.
+``attach_advantages`` lays an iteration's samples out for it (the driver's advantage step).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
+
+from secondthought.config import RLConfig
+from secondthought.rl.experience import Sample, padded, unpadded
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -122,3 +128,41 @@ class AdaptiveKLController:
             error = min(max(kl / self.target - 1.0, -0.2), 0.2)
             self.coef *= 1.0 + error * n_steps / self.horizon
         return self.coef
+
+
+@dataclass(frozen=True)
+class Advantages:
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    kl: torch.Tensor
+    """Per-token KL to the reference (zero on padding)."""
+    rewards: torch.Tensor
+    """Per-token rewards: the score on the last token, minus kl_coef * KL everywhere."""
+
+
+def estimate_advantages(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                        values: torch.Tensor, mask: torch.Tensor, kl_coef: float, estimator: str = "k1",
+                        gamma: float = 1.0, lam: float = 0.95, whiten: bool = True) -> Advantages:
+    """Sequence scores and per-token log-probabilities/values ([n, T], right-padded, ``mask`` 1 on real
+    tokens) -> KL-penalised per-token rewards -> GAE advantages (whitened over real tokens) and returns."""
+    kl = kl_penalty(logprobs, ref_logprobs, estimator) * mask
+    rewards = token_rewards(scores, kl, mask, kl_coef)
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    if whiten:
+        advantages = masked_whiten(advantages, mask)
+    return Advantages(advantages, returns, kl, rewards)
+
+
+def attach_advantages(samples: Sequence[Sample], scores: np.ndarray, kl_coef: float, cfg: RLConfig) -> dict:
+    """Set each sample's advantages and returns from its log-probabilities, reference log-probabilities and
+    values; returns the iteration's mean sequence KL, reward and score."""
+    width = max(len(s.completion_ids) for s in samples)
+    mask = torch.from_numpy(padded([np.ones(len(s.completion_ids)) for s in samples], width))
+    logp, ref, values = (torch.from_numpy(padded([getattr(s, name) for s in samples], width))
+                         for name in ("logprobs", "ref_logprobs", "values"))
+    est = estimate_advantages(torch.from_numpy(scores), logp, ref, values, mask, kl_coef, cfg.kl_estimator,
+                              cfg.gamma, cfg.lam, cfg.whiten_advantages)
+    for s, a, r in zip(samples, unpadded(est.advantages.numpy(), samples), unpadded(est.returns.numpy(), samples)):
+        s.advantages, s.returns = a, r
+    return {"kl": float(est.kl.sum(dim=1).mean()), "reward": float(est.rewards.sum(dim=1).mean()),
+            "score": float(scores.mean())}

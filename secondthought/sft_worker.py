@@ -1,4 +1,5 @@
-"""The fine-tuning loop each Ray Train worker runs: a DeepSpeed engine and a flat loop.
+"""The fine-tuning loop each Ray Train worker runs (the driver is ``sft.py``): a DeepSpeed engine and a
+flat loop.
 
 get batch -> forward -> backward -> step (DeepSpeed accumulates, clips, steps the schedule)
 -> log -> every K steps: evaluate, checkpoint, export the best model, early stopping.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import pickle
 import random
 import tempfile
@@ -31,8 +31,10 @@ from secondthought.batching import (
     rows_of_rank,
 )
 from secondthought.config import SFTConfig
-from secondthought.models import engine_config, export_hf
+from secondthought.models import export_hf
+from secondthought.runs import FAULT_MARKER
 from secondthought.tracking import Tracker
+from secondthought.training import STATE, deepspeed_files_complete, engine_config, inject_fault, newest_checkpoint
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
 """Dense bf16 peak of common accelerators, for the MFU estimate."""
@@ -51,11 +53,6 @@ class TrainState:
     tokens_seen: int = 0
     stopped_early: bool = False
     evals: list = field(default_factory=list)
-
-
-def deepspeed_config(cfg: SFTConfig) -> dict:
-    return engine_config(cfg.micro_batch_size, cfg.grad_accum, cfg.zero_stage, cfg.bf16(), cfg.max_grad_norm,
-                         cfg.offload_optimizer, cfg.offload_params, cfg.use_gpu, cfg.lr, cfg.weight_decay)
 
 
 def _rows(iterator, cut_chain_at: int | None = None) -> Iterator[Row]:
@@ -127,21 +124,10 @@ def _export(engine, cfg: SFTConfig, base_dir: Path, dest: Path, rank: int) -> No
         export_hf(engine.module, state_dict, base_dir, dest)
 
 
-def newest_checkpoint(folder: Path, world: int) -> Path | None:
-    """The checkpoint of the highest step under ``folder`` whose files from every rank are all there.
-
-    Ray Train hands a restarted worker group the last checkpoint its controller registered; one that
-    was fully written just before a worker died may not be registered yet, so the disk is the record.
-    """
-    complete = []
-    for state in folder.glob("checkpoint_*/state.json"):
-        ckpt = state.parent
-        ranks_done = all((ckpt / f"rng-{r}.json").is_file() for r in range(world))
-        engine = ckpt / "engine"
-        shards = len(list(engine.glob("*optim_states.pt"))) == world if engine.is_dir() else False
-        if ranks_done and shards and any(engine.glob("*model_states.pt")):
-            complete.append((json.loads(state.read_text())["step"], str(ckpt)))
-    return Path(max(complete)[1]) if complete else None
+def _complete(checkpoint: Path, world: int) -> bool:
+    """Every rank wrote its RNG state and its DeepSpeed shard."""
+    ranks_done = all((checkpoint / f"rng-{r}.json").is_file() for r in range(world))
+    return ranks_done and deepspeed_files_complete(checkpoint / "engine", world)
 
 
 def _checkpoint(engine, state: TrainState, metrics: dict, rank: int) -> None:
@@ -150,7 +136,7 @@ def _checkpoint(engine, state: TrainState, metrics: dict, rank: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         engine.save_checkpoint(folder, tag="engine")
         if rank == 0:
-            Path(folder, "state.json").write_text(json.dumps(asdict(state)))
+            Path(folder, STATE).write_text(json.dumps(asdict(state)))
         Path(folder, f"rng-{rank}.json").write_text(json.dumps({"state": _rng_state()}))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
@@ -188,13 +174,15 @@ def train_loop_per_worker(config: dict) -> None:
 
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                                    model_parameters=model.parameters(),
-                                                   config=deepspeed_config(cfg))
+                                                   config=engine_config(cfg, cfg.micro_batch_size, cfg.grad_accum,
+                                                                        cfg.lr, cfg.max_grad_norm, cfg.weight_decay,
+                                                                        cfg.offload_optimizer, cfg.offload_params))
     state = TrainState()
-    checkpoint = newest_checkpoint(Path(plan["checkpoints"]), world)
+    checkpoint = newest_checkpoint(Path(plan["checkpoints"]), "step", lambda c: _complete(c, world))
     if checkpoint:
         with ray.train.Checkpoint.from_directory(str(checkpoint)).as_directory() as folder:
             engine.load_checkpoint(folder, tag="engine")
-            state = TrainState(**json.loads(Path(folder, "state.json").read_text()))
+            state = TrainState(**json.loads(Path(folder, STATE).read_text()))
             rng_file = Path(folder, f"rng-{rank}.json")
             if rng_file.is_file():
                 _set_rng_state(json.loads(rng_file.read_text())["state"])
@@ -230,10 +218,7 @@ def train_loop_per_worker(config: dict) -> None:
                 continue
             state.step += 1
             if cfg.fault_injection_step == state.step and rank == min(1, world - 1):
-                marker = out / "fault-injected"
-                if not marker.exists():
-                    marker.touch()
-                    os._exit(1)  # an abrupt worker death, as from a crash or a lost node
+                inject_fault(out / FAULT_MARKER)
             loss_sum, micro, tokens, padded = _all_reduce([window_loss, window_micro, window_tokens, window_padded],
                                                          device)
             seconds = time.time() - window_started
@@ -249,7 +234,7 @@ def train_loop_per_worker(config: dict) -> None:
                 state.evals.append([state.step, metrics["eval_loss"]])
                 if metrics["eval_loss"] < state.best_eval:
                     state.best_eval, state.bad_evals = metrics["eval_loss"], 0
-                    _export(engine, cfg, base_dir, out / "best", rank)
+                    _export(engine, cfg, base_dir, Path(plan["best_dir"]), rank)
                 else:
                     state.bad_evals += 1
                 state.stopped_early = bool(cfg.patience) and state.bad_evals >= cfg.patience

@@ -1,4 +1,5 @@
-"""Batched sampling with a KV cache for rollouts (torch + a Hugging Face causal LM; no Ray).
+"""Load a trained model folder and decode: one way to write completions, used by RL rollouts, evaluation
+and serving alike (torch + a Hugging Face causal LM; no Ray).
 
 Prompts are sorted by length and cut into micro-batches (little left padding); each micro-batch is
 prefilled once, then decoded one token a step from the cache. A row that has written EOS leaves the
@@ -10,9 +11,13 @@ the longest is done.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
+
+from secondthought.formatting import Verdict, check_completion, split_completion
+from secondthought.runs import ModelInfo, read_model_info
 
 
 @dataclass(frozen=True)
@@ -100,3 +105,65 @@ def sample(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, pa
                                                      generator)):
             completions[i] = completion
     return completions
+
+
+def completion_text(tokenizer, ids: Sequence[int]) -> str:
+    """A completion's token ids as text: special tokens kept (the chain's edit tokens), EOS removed."""
+    eos = tokenizer.eos_token_id
+    return tokenizer.decode([t for t in ids if t != eos], skip_special_tokens=False)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One completion: its text split into the chain of edits and the target, and what the chain is worth."""
+
+    text: str
+    """The whole completion (chain, <|tgt|>, target), special tokens included, EOS removed."""
+    chain_text: str
+    target: str
+    verdict: Optional[Verdict]
+    """Does the chain parse, apply to the source and give the written target (None: the model writes no
+    chains, or no source was given)."""
+
+
+@dataclass
+class Policy:
+    """A trained model folder loaded for decoding: the model, its tokenizer and what it writes."""
+
+    model: object
+    tokenizer: object
+    info: ModelInfo
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None,
+             threads: Optional[int] = None) -> Policy:
+        """``threads``: torch's CPU threads in this process (None: leave as it is)."""
+        from transformers import AutoTokenizer
+
+        from secondthought.models import load_model
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = load_model(folder, dtype=dtype).to(device).eval()
+        return cls(model, tokenizer, read_model_info(folder))
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    def sample(self, prompts: Sequence[Sequence[int]], params: SamplingParams, seed: int = 0) -> list[list[int]]:
+        """Completions as token ids (see :func:`sample`)."""
+        return sample(self.model, prompts, self.eos_id, self.tokenizer.pad_token_id, params, seed)
+
+    def output(self, ids: Sequence[int], source: Optional[str] = None) -> Output:
+        text = completion_text(self.tokenizer, ids)
+        part = split_completion(text)
+        verdict = check_completion(source, text) if source is not None and self.info.writes_chains else None
+        return Output(text, part.chain_text, part.target, verdict)
+
+    def complete(self, prompts: Sequence[Sequence[int]], sources: Optional[Sequence[str]], params: SamplingParams,
+                 seed: int = 0) -> list[Output]:
+        """Decode every prompt; with ``sources`` (the source text of each prompt) each chain is checked."""
+        completions = self.sample(prompts, params, seed)
+        return [self.output(ids, sources[k] if sources is not None else None) for k, ids in enumerate(completions)]

@@ -1,0 +1,300 @@
+"""``secondthought rl``, the driver: the actor groups of a run and the loop that drives them.
+
+Each iteration is seven numbered steps, each one call: rollout, score, log-probabilities and values,
+advantages, PPO update, discriminator update, weight sync. Writes ``out/model`` (the refined policy,
+Hugging Face format), ``metrics.jsonl``, ``tensorboard/``, ``rl.png``, ``summary.json`` and
+``checkpoints/`` (``--resume`` continues from the newest).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError
+
+from secondthought.config import RayConfig, RLConfig
+from secondthought.inference import completion_text
+from secondthought.rl import ppo
+from secondthought.rl.actors import Discriminator, Learner, Reference, RolloutWorker
+from secondthought.rl.experience import Sample, shards
+from secondthought.rl.group import ActorGroup, retrying
+from secondthought.rl.placement import Placement
+from secondthought.rl.prompts import Prompts, load_prompts
+from secondthought.rl.reward import Scored, completion_pair, discriminator_pair, load_reward_function, validity
+from secondthought.runs import PreparedDir, TrainingDir, model_folder, read_model_info, write_model_info
+from secondthought.runtime import ray_session
+from secondthought.tracking import Tracker, figure, label, read_metrics
+from secondthought.training import STATE, newest_checkpoint
+
+
+@dataclass
+class LoopState:
+    iteration: int = 0
+    kl_coef: float = 0.0
+
+
+class RLRun:
+    """The actor groups of one run and the loop that drives them."""
+
+    def __init__(self, prepared: PreparedDir, policy: Path, cfg: RLConfig, run: TrainingDir, local: bool):
+        from transformers import AutoTokenizer
+
+        self.policy, self.cfg, self.run_dir, self.local = policy, cfg, run, local
+        self.tokenizer = AutoTokenizer.from_pretrained(policy)
+        self.prompts: Prompts = load_prompts(prepared)
+        self.reward_fn = None if cfg.reward in ("adversarial", "validity") else load_reward_function(cfg.reward)
+        self.placement, self.weights, self.version = None, None, None
+        self.rollouts = self.learners = self.reference = self.discriminator = None
+
+    # -- actors -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg, policy, marker = self.cfg, str(self.policy), str(self.run_dir.fault_marker)
+        self.placement = Placement(cfg)
+        sampling = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k,
+                    "top_p": cfg.top_p, "batch_size": cfg.rollout_batch_size}
+        restartable = {"max_restarts": cfg.max_restarts, "max_task_retries": 0}
+        rollout_fault = cfg.fault_injection_iteration if cfg.fault_injection_actor == "rollout" else None
+        self.rollouts = ActorGroup.spawn(
+            RolloutWorker, "rollout", cfg.rollout_workers, self.placement,
+            lambda k, threads: (policy, sampling, threads, cfg.use_gpu, k, rollout_fault, marker), **restartable)
+        self.reference = ActorGroup.spawn(
+            Reference, "reference", 1, self.placement,
+            lambda k, threads: (policy, threads, cfg.use_gpu, cfg.temperature, cfg.micro_batch_size), **restartable)
+        if cfg.reward == "adversarial":
+            self.discriminator = ActorGroup.spawn(
+                Discriminator, "discriminator", 1, self.placement,
+                lambda k, threads: (cfg.discriminator, cfg.disc_lr, threads, cfg.use_gpu, cfg.seed,
+                                    cfg.trust_remote_code))
+        self.learners = ActorGroup.spawn(
+            Learner, "learner", cfg.learner_workers, self.placement,
+            lambda k, threads: (asdict(cfg), policy, k, cfg.learner_workers, threads, marker))
+        if self.local:  # one machine: rendezvous through a file, so no TCP store listens on every address
+            rendezvous = self.run_dir.path / f"rendezvous-{uuid.uuid4().hex}"
+            init_method = f"file://{rendezvous}"
+        else:
+            init_method = ray.get(self.learners[0].address.remote())
+        self.learners.run("setup", init_method)
+        if self.local:
+            rendezvous.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        for group in (self.rollouts, self.learners, self.reference, self.discriminator):
+            if group is not None:
+                group.kill()
+        if self.placement is not None:
+            self.placement.remove()
+            self.placement = None
+
+    # -- the seven steps of an iteration ------------------------------------------------------------
+    def rollout(self, iteration: int, rows: list[int]) -> tuple[list[Sample], float]:
+        """1. Every rollout worker samples one completion for each prompt of its slice."""
+        cfg = self.cfg
+        parts = shards(rows, len(self.rollouts))
+
+        def run(k: int) -> dict:
+            worker, prompts = self.rollouts[k], [self.prompts.prompt_ids[i] for i in parts[k]]
+            seed = cfg.seed * 1_000_003 + iteration * 1009 + k
+
+            def submit(attempt: int):
+                if attempt:  # a restarted worker holds the initial weights: send the current ones first
+                    worker.set_weights.remote(self.version, self.weights)
+                return worker.generate.remote(self.version, prompts, seed, iteration)
+
+            return retrying(f"rollout worker {k}", submit, cfg.max_restarts)
+
+        with ThreadPoolExecutor(len(self.rollouts)) as pool:
+            results = list(pool.map(run, range(len(self.rollouts))))
+        samples = [Sample(self.prompts.prompt_ids[i], completion, index=i)
+                   for part, result in zip(parts, results) for i, completion in zip(part, result["completions"])]
+        return samples, max(r["seconds"] for r in results)
+
+    def score(self, samples: list[Sample]) -> tuple[np.ndarray, dict, list[Scored]]:
+        """2. Sequence scores (the reward before the KL penalty) and their parts."""
+        cfg, p = self.cfg, self.prompts
+        items = [Scored(p.context[s.index], p.source[s.index], p.target[s.index],
+                        completion_text(self.tokenizer, s.completion_ids), tuple(s.completion_ids)) for s in samples]
+        if self.reward_fn is not None:
+            scores = np.asarray(self.reward_fn(items), dtype=np.float32)
+            if scores.shape != (len(items),) or not np.all(np.isfinite(scores)):
+                raise ValueError(f"--rl.reward {cfg.reward} must return one finite float per sample")
+            return scores, {"reward_custom": float(scores.mean())}, items
+        valid = validity(items)
+        scores = cfg.validity_weight * valid
+        parts = {"validity": float(valid.mean()), "consistent_rate": float((valid == 1).mean())}
+        if self.discriminator is not None:
+            logodds = self.discriminator.run("logodds", [completion_pair(i) for i in items])[0]
+            logodds = np.clip(logodds, -cfg.disc_clip, cfg.disc_clip)
+            scores = scores + logodds
+            parts["disc_logodds"] = float(logodds.mean())
+        return scores.astype(np.float32), parts, items
+
+    def logprobs_and_values(self, samples: list[Sample]) -> None:
+        """3. Reference log-probabilities (one actor) and old log-probabilities + values (the learners)."""
+        parts, forwards = self.learners.call_sliced("forward", samples)
+        if self.cfg.colocate:  # sharing the devices, the reference waits for the learners rather than competing
+            ray.wait(forwards, num_returns=len(forwards))
+        ref = retrying("reference", lambda attempt: self.reference[0].logprobs.remote(samples), self.cfg.max_restarts)
+        for part, (logprobs, values) in zip(parts, ray.get(forwards)):
+            for s, lp, v in zip(part, logprobs, values):
+                s.logprobs, s.values = lp, v
+        for s, lp in zip(samples, ref):
+            s.ref_logprobs = lp
+
+    # 4. advantages: ppo.attach_advantages (pure)
+
+    def learn(self, samples: list[Sample], iteration: int) -> dict:
+        """5. PPO epochs on the learners, each over its slice of the samples."""
+        stats = self.learners.run_sliced("train", samples, self.cfg.seed + iteration, iteration)
+        return {k: float(np.mean([m[k] for m in stats])) for k in stats[0]}
+
+    def update_discriminator(self, iteration: int, rows: list[int], items: list[Scored]) -> dict:
+        """6. Gold chains against half policy samples, half aligned -> unaligned chains (GAIL-style)."""
+        if self.discriminator is None:
+            return {}
+        p = self.prompts
+        gold = [discriminator_pair(p.context[i], p.source[i], p.chain[i], p.target[i]) for i in rows]
+        reverse = [p.reverse[p.ids[i]] for i in rows if p.ids[i] in p.reverse]
+        policy = [completion_pair(item) for item in items]
+        if reverse:
+            half = len(gold) // 2
+            negatives = policy[:half] + [discriminator_pair(*r) for r in reverse[: len(gold) - half]]
+        else:
+            negatives = policy
+        return self.discriminator.run("update", gold, negatives, self.cfg.disc_steps, self.cfg.seed + iteration)[0]
+
+    def sync(self, version: int) -> float:
+        """7. The learners' weights to every rollout worker as version ``version``; returns seconds."""
+        started = time.time()
+        self.weights, self.version = self.learners.run("weights")[0][0], version
+        self.rollouts.run("set_weights", version, self.weights)
+        return time.time() - started
+
+    def iteration(self, i: int, state: LoopState) -> dict:
+        cfg = self.cfg
+        rows = self.prompts.batch(i, cfg.prompts_per_iteration, cfg.seed)
+        t0 = time.time()
+        samples, gen_seconds = self.rollout(i, rows)                                          # 1
+        t1 = time.time()
+        scores, parts, items = self.score(samples)                                            # 2
+        self.logprobs_and_values(samples)                                                     # 3
+        adv_stats = ppo.attach_advantages(samples, scores, state.kl_coef, cfg)                # 4
+        t2 = time.time()
+        learn = self.learn(samples, i)                                                        # 5
+        t3 = time.time()
+        disc = self.update_discriminator(i, rows, items)                                      # 6
+        t4 = time.time()
+        sync_seconds = self.sync(i)                                                           # 7
+        tokens = sum(len(s.completion_ids) for s in samples)
+        metrics = {
+            **adv_stats, **parts, "kl_coef": state.kl_coef, **learn, **disc,
+            "completion_tokens": tokens / len(samples),
+            "rollout_tokens_per_s": tokens / max(gen_seconds, 1e-9), "rollout_s": t1 - t0, "score_s": t2 - t1,
+            "learn_s": t3 - t2, "disc_s": t4 - t3, "sync_s": sync_seconds, "iteration_s": time.time() - t0,
+        }
+        kl_controller = ppo.AdaptiveKLController(state.kl_coef, cfg.target_kl, cfg.kl_horizon)
+        state.kl_coef = kl_controller.update(adv_stats["kl"], len(samples))
+        state.iteration = i
+        return metrics
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def checkpoint(self, state: LoopState) -> None:
+        folder = self.run_dir.checkpoints / f"iteration_{state.iteration:06d}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        calls = self.learners.call("save", str(folder / "learner"))
+        if self.discriminator is not None:
+            calls += self.discriminator.call("save", str(folder / "discriminator"))
+        ray.get(calls)
+        (folder / STATE).write_text(json.dumps(asdict(state)))  # written last: marks it complete
+        for old in sorted(p.parent for p in self.run_dir.checkpoints.glob(f"*/{STATE}"))[:-2]:
+            shutil.rmtree(old)
+
+    def restore(self, folder: Path) -> LoopState:
+        calls = self.learners.call("load", str(folder / "learner"))
+        if self.discriminator is not None:
+            calls += self.discriminator.call("load", str(folder / "discriminator"))
+        ray.get(calls)
+        return LoopState(**json.loads((folder / STATE).read_text()))
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self) -> LoopState:
+        """The loop, with fresh actors from the last checkpoint after a learner or the discriminator died."""
+        failures = 0
+        while True:
+            self.start()
+            try:
+                return self._loop()
+            except RayActorError as e:
+                failures += 1
+                if failures > self.cfg.max_failures:
+                    raise
+                print(f"[rl] a learner or the discriminator died ({type(e).__name__}): rolling back to the last "
+                      f"checkpoint ({failures}/{self.cfg.max_failures})", flush=True)
+            finally:
+                self.stop()
+
+    def _loop(self) -> LoopState:
+        cfg = self.cfg
+        checkpoint = newest_checkpoint(self.run_dir.checkpoints, "iteration")
+        state = self.restore(checkpoint) if checkpoint else LoopState(kl_coef=cfg.kl_coef)
+        if checkpoint:
+            print(f"[rl] resumed at iteration {state.iteration} from {checkpoint}", flush=True)
+        self.sync(state.iteration)
+        tracker = Tracker(cfg, self.run_dir.path, 0, cfg.iterations, state.iteration, unit="iteration")
+        try:
+            while state.iteration < cfg.iterations:
+                metrics = self.iteration(state.iteration + 1, state)
+                tracker.log(state.iteration, metrics, show=state.iteration % cfg.log_every == 0)
+                if state.iteration % cfg.checkpoint_every == 0 or state.iteration == cfg.iterations:
+                    self.checkpoint(state)
+            self.learners.run("export", str(self.run_dir.model), str(self.policy))
+        finally:
+            tracker.close()
+        return state
+
+
+def plot_rewards(rows: dict[int, dict], png: Path) -> None:
+    its = sorted(rows)
+    with figure(png, 2, 1, figsize=(7, 6), sharex=True) as (top, bottom):
+        for name in ("score", "disc_logodds", "validity", "reward_custom"):
+            if name in rows[its[0]]:
+                top.plot(its, [rows[i][name] for i in its], "o-", label=name, markersize=3)
+        label(top, None, "reward (per sequence)")
+        bottom.plot(its, [rows[i]["kl"] for i in its], "o-", color="tab:red", label="KL to SFT reference", markersize=3)
+        label(bottom, "iteration", "KL (per sequence)")
+
+
+def run_rl(prepared: str | Path, policy: str | Path, cfg: RLConfig, ray_cfg: RayConfig, out: str | Path,
+           resume: bool = False, overwrite: bool = False) -> dict:
+    """Refine ``policy`` (an SFT model folder) on the prompts of ``prepared``; returns the summary."""
+    policy = model_folder(policy, "--policy")
+    prepared = PreparedDir.open(prepared)
+    run_dir = TrainingDir.start(out, asdict(cfg), resume, overwrite)
+    started = time.time()
+    with ray_session(ray_cfg):
+        run = RLRun(prepared, policy, cfg, run_dir, local=ray_cfg.address is None)
+        if cfg.reward == "adversarial" and not run.prompts.reverse:
+            print("[rl] the prepared data has no reversed chains (prepare --prepare.reverse true): the discriminator "
+                  "gets the policy's samples as its only negatives", flush=True)
+        run.run()
+    write_model_info(run_dir.model, replace(read_model_info(policy), stage="rl", trained_from=str(policy)))
+    rows = read_metrics(run_dir.metrics, "iteration")
+    plot_rewards(rows, run_dir.path / "rl.png")
+    first, last = rows[min(rows)], rows[max(rows)]
+    summary = {
+        "model": str(run_dir.model), "policy": str(policy), "iterations": max(rows), "prompts": len(run.prompts),
+        "first_score": first["score"], "last_score": last["score"], "last_kl": last["kl"],
+        "mean_rollout_tokens_per_s": float(np.mean([r["rollout_tokens_per_s"] for r in rows.values()])),
+        "seconds": round(time.time() - started, 1), "plot": str(run_dir.path / "rl.png"),
+        "tensorboard": str(run_dir.path / "tensorboard"),
+    }
+    run_dir.write_summary(summary)  # last: marks the run done
+    return summary

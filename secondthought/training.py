@@ -1,0 +1,68 @@
+"""What the SFT workers and the RL learners share: the DeepSpeed engine config, the lookup of the newest
+complete checkpoint, and fault injection for tests. No Ray, no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from secondthought.config import EngineConfig
+
+STATE = "state.json"
+"""Every checkpoint folder holds the loop's state as JSON; the RL driver writes it last."""
+
+
+def engine_config(cfg: EngineConfig, micro_batch_size: int, grad_accum: int, lr: float, max_grad_norm: float = 1.0,
+                  weight_decay: float = 0.0, offload_optimizer: bool = False, offload_params: bool = False) -> dict:
+    """The DeepSpeed config of a training engine (SFT workers, RL learners)."""
+    zero: dict = {"stage": cfg.zero_stage}
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
+    if offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
+    if cfg.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    config = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.bf16()},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if offload_optimizer:  # the offloaded step needs DeepSpeed's own CPU Adam
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": lr, "weight_decay": weight_decay}}
+    return config
+
+
+def deepspeed_files_complete(folder: Path, world: int) -> bool:
+    """A DeepSpeed checkpoint (tag folder) holds the model states and one optimizer shard per rank."""
+    if not folder.is_dir():
+        return False
+    return len(list(folder.glob("*optim_states.pt"))) == world and any(folder.glob("*model_states.pt"))
+
+
+def newest_checkpoint(folder: Path, progress: str, complete: Callable[[Path], bool] = lambda _: True) -> Path | None:
+    """The checkpoint under ``folder`` (a sub-folder with state.json) that got furthest, by the state's
+    ``progress`` field (step, iteration), among those ``complete`` accepts; None if there is none.
+
+    The disk is the record: Ray Train hands a restarted worker group the last checkpoint its controller
+    registered, and one fully written just before a worker died may not be registered yet.
+    """
+    found = []
+    for state in folder.glob(f"*/{STATE}"):
+        if complete(state.parent):
+            found.append((json.loads(state.read_text())[progress], str(state.parent)))
+    return Path(max(found)[1]) if found else None
+
+
+def inject_fault(marker: str | Path) -> None:
+    """Testing fault tolerance: exit abruptly, as from a crash or a lost node, once per run (the marker file
+    records that it happened)."""
+    if not Path(marker).exists():
+        Path(marker).touch()
+        os._exit(1)

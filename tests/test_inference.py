@@ -1,0 +1,45 @@
+"""The shared inference module: a model folder loaded with what it writes, completions split and checked."""
+
+import pytest
+
+from secondthought.edits import compute_edits, serialize
+from secondthought.formatting import TGT, completion, prompt
+from secondthought.inference import Policy, SamplingParams
+from secondthought.runs import ModelInfo, write_model_info
+
+
+@pytest.fixture(scope="module")
+def folder(tokenizer, tmp_path_factory):
+    from secondthought.models import build_base_model
+
+    return build_base_model("tiny-llama", tokenizer, tmp_path_factory.mktemp("inference") / "m")
+
+
+def test_outputs_are_split_and_their_chains_checked_against_the_source(folder, tokenizer):
+    policy = Policy.load(folder)
+    source, target = "Tom shoves people out of the line.", "Tom asks people to let him go first."
+    written = completion(serialize(compute_edits(source, target)), target)
+    ids = tokenizer(written, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    out = policy.output(ids, source)
+    assert out.text == written and out.target == target and out.chain_text + TGT + out.target == written
+    assert out.verdict.applies and out.verdict.consistent
+    assert not policy.output(ids, "A different source entirely.").verdict.applies
+    assert policy.output(ids).verdict is None  # no source given, nothing to check against
+
+    prompts = [tokenizer(prompt("Be kind.", s), add_special_tokens=False).input_ids for s in (source, "Maya yells.")]
+    params = SamplingParams(max_new_tokens=6, temperature=0, batch_size=2)
+    outs = policy.complete(prompts, [source, "Maya yells."], params)
+    assert [o.text for o in outs] == [policy.output(c).text for c in policy.sample(prompts, params)]
+    assert all(o.verdict is not None for o in outs)
+
+
+def test_a_model_that_writes_no_chains_gets_no_verdict(folder, tokenizer, tmp_path):
+    import shutil
+
+    baseline = tmp_path / "targets-only"
+    shutil.copytree(folder, baseline)
+    write_model_info(baseline, ModelInfo(stage="sft", writes_chains=False))
+    policy = Policy.load(baseline)
+    assert policy.info.writes_chains is False
+    ids = tokenizer(TGT + "Tom asks.", add_special_tokens=False).input_ids
+    assert policy.output(ids, "Tom shoves.").verdict is None and policy.output(ids).target == "Tom asks."

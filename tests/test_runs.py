@@ -1,0 +1,96 @@
+"""The run-directory contract and the training-support helpers, on folders made here."""
+
+import json
+
+import pytest
+
+from secondthought.config import ConfigError
+from secondthought.runs import (
+    ModelInfo,
+    PreparedDir,
+    TrainingDir,
+    base_of,
+    model_folder,
+    read_model_info,
+    run_once,
+    write_model_info,
+)
+from secondthought.training import deepspeed_files_complete, newest_checkpoint
+
+
+def fake_model(folder):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+def test_model_folder_check_names_the_flag_and_the_missing_part(tmp_path):
+    with pytest.raises(ConfigError, match=r"--policy .* is not a model folder \(no config.json\)"):
+        model_folder(tmp_path, "--policy")
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ConfigError, match="--model .* holds no safetensors weights"):
+        model_folder(tmp_path, "--model")
+    assert model_folder(fake_model(tmp_path / "m"), "--model") == (tmp_path / "m").resolve()
+
+
+def test_model_info_round_trip_defaults_and_base(tmp_path):
+    model, base = fake_model(tmp_path / "model"), fake_model(tmp_path / "base")
+    assert read_model_info(model) == ModelInfo() and read_model_info(model).writes_chains
+    assert base_of(model) == model  # nothing recorded: the model itself
+    info = ModelInfo(stage="sft", writes_chains=False, base_model="smollm2", base_folder=str(base))
+    write_model_info(model, info)
+    assert read_model_info(model) == info and base_of(model) == base
+    data = json.loads((model / "secondthought.json").read_text())
+    data["added_later"] = 1  # a newer writer's field does not break an older reader
+    (model / "secondthought.json").write_text(json.dumps(data))
+    assert read_model_info(model) == info
+
+
+def test_training_dir_refuses_to_replace_or_continue_without_the_flag(tmp_path):
+    run = TrainingDir.start(tmp_path / "run", {"a": 1}, resume=False, overwrite=False)
+    (run.path / "partial").write_text("x")
+    with pytest.raises(ConfigError, match="--resume"):
+        TrainingDir.start(run.path, {"a": 1}, resume=False, overwrite=False)
+    assert TrainingDir.start(run.path, {"a": 2}, resume=True, overwrite=False).path == run.path
+    run.write_summary({"model": "m"})
+    with pytest.raises(ConfigError, match="--overwrite"):
+        TrainingDir.start(run.path, {"a": 1}, resume=False, overwrite=False)
+    again = TrainingDir.start(run.path, {"a": 3}, resume=False, overwrite=True)
+    assert not again.done and not (again.path / "partial").exists()
+    assert json.loads((again.path / "config.json").read_text()) == {"a": 3}
+
+
+def test_prepared_dir_must_hold_a_manifest(tmp_path):
+    with pytest.raises(ConfigError, match="--prepared .* run `secondthought prepare` first"):
+        PreparedDir.open(tmp_path)
+    assert PreparedDir(tmp_path).first_chains("train", ["source"]) == ([], {})
+    assert PreparedDir(tmp_path).count_forward("train") == 0
+
+
+def test_run_once_runs_a_stage_until_its_last_artefact_exists(tmp_path, capsys):
+    done = tmp_path / "stage" / "summary.json"
+    calls = []
+
+    def run(unfinished):
+        calls.append(unfinished)
+        done.parent.mkdir(exist_ok=True)
+        done.write_text('{"ok": true}')
+
+    assert run_once("stage", done, "doing it", run) == {"ok": True}
+    assert run_once("stage", done, "doing it", run) == {"ok": True}
+    assert calls == [False] and "stage: done before" in capsys.readouterr().out
+
+
+def test_newest_checkpoint_is_the_furthest_complete_one(tmp_path):
+    for name, step, shards in (("a", 4, 2), ("b", 8, 1), ("c", 6, 2)):
+        (tmp_path / name / "engine").mkdir(parents=True)
+        (tmp_path / name / "state.json").write_text(json.dumps({"step": step}))
+        (tmp_path / name / "engine" / "mp_rank_00_model_states.pt").write_bytes(b"")
+        for rank in range(shards):
+            (tmp_path / name / "engine" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    assert newest_checkpoint(tmp_path, "step") == tmp_path / "b"
+    complete = lambda c: deepspeed_files_complete(c / "engine", world=2)  # noqa: E731
+    assert newest_checkpoint(tmp_path, "step", complete) == tmp_path / "c"
+    assert newest_checkpoint(tmp_path / "none", "step") is None
