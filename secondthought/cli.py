@@ -65,11 +65,13 @@ def _rl(args: Namespace, s: dict) -> None:
 
 
 def _eval(args: Namespace, s: dict) -> None:
+    from pathlib import Path
+
     from secondthought.evaluate import run_eval
     from secondthought.runs import ReportDir
 
     report = run_eval(args.prepared, args.models, args.base, s["eval"], s["ray"], args.out)
-    print(ReportDir(args.out).markdown.read_text().split("## Examples")[0])
+    print(ReportDir(Path(args.out)).markdown.read_text().split("## Examples")[0])
     print(f"wrote {args.out}/report.json, report.md, metrics.png (judge held-out accuracy "
           f"{report['judge']['held_out_accuracy']:.3f})")
 
