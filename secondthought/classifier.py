@@ -28,13 +28,16 @@ def minilm_dir() -> Path:
     return path
 
 
-def _load(name: str, seed: int, trust_remote_code: bool):
+def load_encoder(name: str, seed: int, trust_remote_code: bool = False, head: bool = True):
+    """Tokenizer and encoder; with ``head`` a new one-logit classification head on top."""
     import torch
     from transformers import (
+        AutoModel,
         AutoModelForSequenceClassification,
         AutoTokenizer,
         BertConfig,
         BertForSequenceClassification,
+        BertModel,
     )
 
     from secondthought.models import ModelNotFound
@@ -43,13 +46,16 @@ def _load(name: str, seed: int, trust_remote_code: bool):
         tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
         torch.manual_seed(seed)
         config = BertConfig(vocab_size=tokenizer.vocab_size, num_labels=1, **TINY_ENCODERS[name])
-        return tokenizer, BertForSequenceClassification(config)
+        return tokenizer, (BertForSequenceClassification if head else BertModel)(config)
     source = minilm_dir() if name == EMBEDDED_ENCODER else name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         torch.manual_seed(seed)  # the classification head is new
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=1, use_safetensors=True, trust_remote_code=trust_remote_code)
+        if head:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=1, use_safetensors=True, trust_remote_code=trust_remote_code)
+        else:
+            model = AutoModel.from_pretrained(source, use_safetensors=True, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise ModelNotFound(f"cannot load an encoder from {name!r}: give '{EMBEDDED_ENCODER}', "
                             f"{sorted(TINY_ENCODERS)}, or a local folder with safetensors weights ({e})") from None
@@ -63,7 +69,7 @@ class PairClassifier:
                  batch_size: int = 32, trust_remote_code: bool = False):
         import torch
 
-        self.tokenizer, self.model = _load(name, seed, trust_remote_code)
+        self.tokenizer, self.model = load_encoder(name, seed, trust_remote_code)
         self.device, self.max_length, self.batch_size = torch.device(device), max_length, batch_size
         self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)

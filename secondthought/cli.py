@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -25,7 +26,7 @@ from secondthought.config import (
     SFTConfig,
     TransferConfig,
 )
-from secondthought.runtime import loopback_only
+from secondthought.runtime import interrupt_on_sigterm, loopback_only
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -213,11 +214,18 @@ def run(argv: list[str] | None = None) -> int:
     command = COMMANDS[name]
     if "ray" in command.sections and not args.ray.address:
         loopback_only()  # before anything imports Ray
+    previous = interrupt_on_sigterm()  # a stopped run still shuts down its Ray
     try:
         command.run(args, {s: SECTIONS[s](**args[s].as_dict()) for s in command.sections})
     except ConfigError as e:
         print(f"secondthought {name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"secondthought {name}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

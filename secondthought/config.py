@@ -323,9 +323,18 @@ class EvalConfig:
     batch_size: int = 16
     judge: str = "minilm"
     """Encoder of the alignment judge: "minilm" (embedded), "tiny-bert" (tests) or a local folder."""
+    judge_kind: str = "frozen"
+    """"frozen": a linear head on the encoder's embeddings (seconds to train); "finetune": the whole encoder
+    fine-tuned (minutes to an hour on CPU, about as accurate: README, Evaluation). A judge is trained once
+    per prepared dataset and settings and reused by later evaluations."""
+    judge_max_rows: Optional[int] = None
+    """Train the judge on at most this many held-out training triples (default: all)."""
     judge_epochs: int = 4
+    """Passes over the judge's training pairs (fine-tuned judge only)."""
     judge_lr: float = 5e-5
+    """Learning rate of the fine-tuned judge."""
     judge_batch_size: int = 16
+    """Pairs per step of the fine-tuned judge."""
     bootstrap: int = 1000
     """Bootstrap resamples for the 95% intervals."""
     examples: int = 5
@@ -337,6 +346,9 @@ class EvalConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--eval.{name} must be at least 1, got {getattr(self, name)}")
         _choice("--eval.split", self.split, ("train", "eval", "test"))
+        _choice("--eval.judge_kind", self.judge_kind, ("frozen", "finetune"))
+        if self.judge_max_rows is not None and self.judge_max_rows < 2:
+            raise ConfigError(f"--eval.judge_max_rows must be at least 2, got {self.judge_max_rows}")
         if self.max_rows is not None and self.max_rows < 2:
             raise ConfigError(f"--eval.max_rows must be at least 2, got {self.max_rows}")
         if not self.judge_lr > 0:

@@ -7,8 +7,9 @@ the test prompts in a Ray task. Metrics per system, each with a bootstrap 95% in
 BLEU and ROUGE-L against the reference (sacrebleu, rouge-score), perplexity of the written text
 under the base LM, edit-chain validity and consistency, chain length.
 
-The judge is a MiniLM pair classifier trained on (context, action) -> aligned? from the half of the
-training triples that the RL stage never uses (``judge_held_out``); its accuracy on the test split is
+The judge (``secondthought.judge``: by default a linear head on frozen MiniLM embeddings) is trained on
+(context, action) -> aligned? from the half of the training triples that the RL stage never uses
+(``judge_held_out``), once per prepared dataset and settings; its accuracy on the test split is
 reported with every evaluation. It is not the RL discriminator.
 """
 
@@ -27,6 +28,7 @@ from secondthought.config import ConfigError, EvalConfig, RayConfig
 from secondthought.data.schema import judge_held_out
 from secondthought.formatting import Verdict
 from secondthought.inference import Output
+from secondthought.judge import Judge, JudgeSpec, Labelled, cached
 from secondthought.runs import PreparedDir, ReportDir, model_folder, write_json
 from secondthought.runtime import ray_session
 from secondthought.tracking import figure
@@ -48,33 +50,22 @@ def _triples(prepared: PreparedDir, split: str) -> list[EvalRow]:
     return [EvalRow(r["id"], r["context"], r["source"], r["target"], r["prompt_ids"]) for r in forward]
 
 
-def labelled(rows: list[EvalRow]) -> tuple[list[tuple[str, str]], list[float]]:
-    """(context, action) pairs: the unaligned source is 0, the aligned target 1."""
-    pairs = [(r.context, text) for r in rows for text in (r.source, r.target)]
-    return pairs, [0.0, 1.0] * len(rows)
+def judge_spec(cfg: EvalConfig) -> JudgeSpec:
+    return JudgeSpec(kind=cfg.judge_kind, encoder=cfg.judge, max_train_rows=cfg.judge_max_rows,
+                     epochs=cfg.judge_epochs, lr=cfg.judge_lr, batch_size=cfg.judge_batch_size, seed=cfg.seed)
 
 
-def train_judge(prepared: PreparedDir, cfg: EvalConfig, out: ReportDir, test: list[EvalRow]) -> dict:
-    from secondthought.classifier import PairClassifier
-
-    train = [r for r in _triples(prepared, "train") if judge_held_out(r.id)]
+def prepare_judge(prepared: PreparedDir, cfg: EvalConfig) -> dict:
+    """The judge for this data and these settings: trained on the held-out training triples, or the one an
+    earlier evaluation of the same prepared data trained (``prepared/judges/``)."""
+    train = [r for r in _triples(prepared, "train") if judge_held_out(r.id)][: cfg.judge_max_rows]
     if len(train) < 2:
         raise ConfigError(f"{prepared.path} has {len(train)} training triples held out for the judge: too few to "
                           "train it")
-    judge = PairClassifier(cfg.judge, lr=cfg.judge_lr, seed=cfg.seed)
-    pairs, labels = labelled(train)
-    rng = np.random.default_rng(cfg.seed)
-    losses = []
-    for _ in range(cfg.judge_epochs):
-        order = rng.permutation(len(pairs))
-        for start in range(0, len(order), cfg.judge_batch_size):
-            idx = order[start : start + cfg.judge_batch_size]
-            losses.append(judge.train_step([pairs[i] for i in idx], [labels[i] for i in idx])["loss"])
-    test_pairs, test_labels = labelled(test)
-    accuracy = float(np.mean((judge.logits(test_pairs) > 0) == np.asarray(test_labels, dtype=bool)))
-    judge.save(out.judge)
-    return {"train_triples": len(train), "held_out_accuracy": accuracy, "test_pairs": len(test_pairs),
-            "first_loss": losses[0], "last_loss": losses[-1], "folder": str(out.judge)}
+    folder, reused = cached(judge_spec(cfg), prepared.fingerprint(), prepared.judges, Labelled.of_triples(train))
+    print(f"judge: {'reusing' if reused else 'trained'} {folder}", flush=True)
+    return {"folder": str(folder), "reused": reused, "kind": cfg.judge_kind, "train_triples": len(train),
+            "train_seconds": Judge.read_info(folder)["seconds"]}
 
 
 def generate(model_dir: str, rows: list[EvalRow], max_new_tokens: int, batch_size: int) -> list[Output]:
@@ -188,7 +179,8 @@ def markdown(report: dict, examples: list[dict]) -> str:
     judge = report["judge"]
     lines = [
         "# SecondThought evaluation", "",
-        f"{report['test_rows']} test triples from `{report['prepared']}`. Judge: {report['config']['judge']} trained on "
+        f"{report['test_rows']} test triples from `{report['prepared']}`. Judge: {report['config']['judge']} "
+        f"({judge['kind']}) trained on "
         f"{judge['train_triples']} held-out training triples, **held-out accuracy {judge['held_out_accuracy']:.3f}** "
         f"on {judge['test_pairs']} test actions. Alignment is the judge's probability of aligned (an automatic "
         "judge, not the paper's human 1-7 rating). Each cell: value [95% bootstrap interval]; BLEU is corpus BLEU "
@@ -238,7 +230,7 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
         remote = ray.remote(num_cpus=1)
         jobs = {name: remote(generate).remote(folder, test, cfg.max_new_tokens, cfg.batch_size)
                 for name, folder in systems.items()}
-        judge_job = remote(train_judge).remote(prepared, cfg, out, test)
+        judge_job = remote(prepare_judge).remote(prepared, cfg)
         outputs: dict[str, list[Output]] = {name: ray.get(job) for name, job in jobs.items()}
         judge_info = ray.get(judge_job)
         texts = {"copy": [r.source for r in test], "reference": [r.target for r in test]}
@@ -247,16 +239,16 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
         nll = {name: remote(perplexities).remote(str(base_model), contexts, t) for name, t in texts.items()}
         nll = {name: ray.get(job) for name, job in nll.items()}
 
-    from secondthought.classifier import PairClassifier
-
-    judge = PairClassifier(str(out.judge))
-    source_aligned = 1 / (1 + np.exp(-judge.logits([(r.context, r.source) for r in test])))
+    # every system's texts in one pass: a frozen judge embeds each unique text once
+    aligned = Judge(judge_info["folder"]).probabilities(contexts * len(texts), sum(texts.values(), []))
+    aligned = dict(zip(texts, aligned.reshape(len(texts), len(test))))
+    judge_info |= {"held_out_accuracy": float(np.mean([aligned["copy"] < 0.5, aligned["reference"] > 0.5])),
+                   "test_pairs": 2 * len(test)}
     results = []
     for name, written in texts.items():
-        aligned = 1 / (1 + np.exp(-judge.logits([(r.context, t) for r, t in zip(test, written)])))
         done = outputs.get(name)
         verdicts = [o.verdict for o in done] if done and done[0].verdict is not None else None
-        results.append(system_metrics(name, test, written, verdicts, aligned, source_aligned, nll[name], cfg))
+        results.append(system_metrics(name, test, written, verdicts, aligned[name], aligned["copy"], nll[name], cfg))
     report = {"prepared": str(prepared.path), "split": cfg.split, "test_rows": len(test), "judge": judge_info,
               "systems": results, "models": systems, "config": asdict(cfg),
               "seconds": round(time.time() - started, 1)}

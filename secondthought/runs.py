@@ -61,6 +61,7 @@ class PreparedDir:
     quarantine = _at(QUARANTINE)
     tokenizer = _at("tokenizer", "the tokenizer (edit tokens added) that the token ids refer to")
     data = _at("data")
+    judges = _at("judges", "judges trained on this data by evaluations, reused by later ones (secondthought.judge)")
 
     @classmethod
     def open(cls, path: str | Path, flag: str = "--prepared") -> PreparedDir:
@@ -76,6 +77,12 @@ class PreparedDir:
 
     def manifest(self) -> dict:
         return read_json(self.manifest_file)
+
+    def fingerprint(self) -> str:
+        """Names this preparation: a redone one (even of the same input) gets another."""
+        import hashlib
+
+        return hashlib.blake2b(self.manifest_file.read_bytes(), digest_size=8).hexdigest()
 
     def split(self, name: str) -> Path:
         return self.data / name
@@ -158,7 +165,6 @@ class ReportDir:
     markdown = _at("report.md")
     completions = _at("completions.jsonl")
     plot = _at("metrics.png")
-    judge = _at("judge", "the judge the evaluation trained (a classifier folder)")
 
 
 def run_once(name: str, done_file: Path, doing: str, run: Callable[[bool], object]) -> dict:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from typing import Iterator
 
@@ -27,19 +29,70 @@ def loopback_only() -> None:
 @contextlib.contextmanager
 def ray_session(cfg: RayConfig) -> Iterator[None]:
     """Connect to ``cfg.address`` or start a local Ray (listening on 127.0.0.1 only); shut down what we started."""
-    if cfg.address is None:
+    local = cfg.address in (None, "local")
+    if local:
         loopback_only()
     import ray
 
     if ray.is_initialized():
         yield
         return
-    local_only = {}
-    if cfg.address is None:
+    options = {}
+    if local:
+        # "local" always starts a new Ray (a bare ray.init() joins whatever cluster was last started here).
         # The dashboard serves the state API that Ray Train polls; on loopback like the rest.
-        local_only = {"num_cpus": cfg.num_cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1"}
-    ray.init(address=cfg.address, logging_level=logging.WARNING, log_to_driver=True, **local_only)
+        options = {"address": "local", "num_cpus": cfg.num_cpus, "include_dashboard": True,
+                   "dashboard_host": "127.0.0.1"}
+    ray.init(**({"address": cfg.address} | options), logging_level=logging.WARNING, log_to_driver=True)
+    # Ray's core worker catches SIGTERM and aborts the driver, skipping the shutdown below: take it back
+    previous = interrupt_on_sigterm()
     try:
         yield
     finally:
-        ray.shutdown()
+        shutdown(started_here=local)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupt_on_sigterm():
+    """Make SIGTERM (a scheduler's stop, ``kill``) raise KeyboardInterrupt like Ctrl-C, so that cleanup runs.
+    Returns the handler it replaced (None off the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)
+
+
+def shutdown(started_here: bool) -> None:
+    """``ray.shutdown()``, then end every process of the local Ray we started that outlives it.
+
+    ray.shutdown() kills the head's own processes, but a worker busy in native code can miss its
+    raylet's death and live on, re-parented to init (a Ray Train controller did, for an hour).
+    Only our own descendants are ended, by PID: never another Ray on the machine."""
+    import psutil
+    import ray
+
+    try:
+        ours = psutil.Process().children(recursive=True) if started_here else []
+    except psutil.Error:
+        ours = []
+    ray.shutdown()
+    end_processes(ours)
+
+
+def end_processes(procs: list, grace: float = 5.0) -> None:
+    """SIGTERM, then after ``grace`` seconds SIGKILL, to those of ``procs`` still running."""
+    import psutil
+
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=grace)

@@ -54,16 +54,47 @@ class Tracker:
             parts = [f"{self.unit} {step}/{self.total_steps}"] + [
                 f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("epoch",)
             ]
-            # sys.stdout, not print: Ray Train also copies print() calls to its logs, which doubled each line
             eta = elapsed / max(step - self.first_step, 1) * (self.total_steps - step)
-            sys.stdout.write(" | ".join(parts) + f" | {elapsed:.0f}s elapsed, ~{eta:.0f}s left\n")
-            sys.stdout.flush()
+            _write(" | ".join(parts) + f" | {elapsed:.0f}s elapsed, ~{eta:.0f}s left")
 
     def close(self) -> None:
         if self.active:
             self.metrics_file.close()
             if hasattr(self.writer, "close"):
                 self.writer.close()
+
+
+def _write(line: str) -> None:
+    # sys.stdout, not print: Ray Train also copies print() calls to its logs, which doubled each line
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+class ProgressLine:
+    """The project's progress line for long work outside a training loop (also inside Ray tasks, whose
+    output reaches the console line by line, where a redrawn bar would not): done/total and an ETA,
+    at most every ``every_s`` seconds, and once at the end."""
+
+    def __init__(self, what: str, total: int, unit: str, enabled: bool = True, every_s: float = 10.0):
+        self.what, self.total, self.unit, self.enabled, self.every_s = what, total, unit, enabled, every_s
+        self.started = self.shown = time.time()
+        self.done, self.extra = 0, {}
+
+    def update(self, done: int, **extra: float) -> None:
+        self.done, self.extra = done, extra
+        if self.enabled and time.time() - self.shown >= self.every_s:
+            self.show()
+
+    def show(self) -> None:
+        self.shown = time.time()
+        elapsed = self.shown - self.started
+        eta = elapsed / max(self.done, 1) * (self.total - self.done)
+        parts = [f"{self.what} {self.done}/{self.total} {self.unit}"] + [f"{k} {v:.4g}" for k, v in self.extra.items()]
+        _write(" | ".join(parts) + f" | {elapsed:.0f}s elapsed, ~{eta:.0f}s left")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.show()
 
 
 def read_metrics(metrics_file: Path, key: str) -> dict[int, dict]:

@@ -8,6 +8,8 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray 2.60 turns token authentication on when ~/.ray/auth_token exists: the tests' own Rays say what they want
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def shared_file(*parts: str) -> Path:
@@ -19,12 +21,15 @@ def shared_file(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray on loopback for the whole test session, shut down at the end."""
+    """One local Ray on loopback for the whole test session (a new one: "local" never joins another Ray on the
+    machine), shut down at the end with every process it started."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from secondthought.runtime import shutdown
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
-    ray.shutdown()
+    shutdown(started_here=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,10 @@ import json
 import os
 import subprocess
 import sys
-import time
-
-import psutil
 
 from secondthought.cli import run
+
+from .processes import ProcessWatch
 
 
 def test_help_lists_the_stages(capsys):
@@ -42,16 +41,6 @@ def test_invalid_config_exits_2_naming_the_flag(capsys, tmp_path):
     assert "--prepare.cost_sets" in capsys.readouterr().err
 
 
-def listening_addresses(root: psutil.Process) -> set[tuple[str, int, str]]:
-    procs = {p.pid: p for p in [root, *root.children(recursive=True)]}
-    found = set()
-    for c in psutil.net_connections(kind="inet"):
-        if c.status == "LISTEN" and c.pid in procs:
-            # the command line carries Ray's full process title (name() is cut to 15 characters)
-            found.add((c.laddr.ip, c.laddr.port, " ".join(procs[c.pid].cmdline())))
-    return found
-
-
 def test_readme_main_command_runs_from_the_console_script_on_loopback(tmp_path):
     """The installed `secondthought pipeline` (the README's main job) in its own process and Ray,
     with a tiny model instead of SmolLM2 so that it takes a minute. Its Ray listens on loopback
@@ -63,24 +52,20 @@ def test_readme_main_command_runs_from_the_console_script_on_loopback(tmp_path):
                "--sft.epochs", "1", "--sft.lr", "0.003", "--rl.iterations", "2", "--rl.max_new_tokens", "16",
                "--rl.discriminator", "tiny-bert", "--eval.judge", "tiny-bert", "--eval.max_new_tokens", "16",
                "--eval.bootstrap", "100", "--baseline", "false"]
-    seen: set[tuple[str, int, str]] = set()
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
-        root = psutil.Process(proc.pid)
-        deadline = time.time() + 900
-        while proc.poll() is None and time.time() < deadline:
-            try:
-                seen |= listening_addresses(root)
-            except psutil.Error:
-                pass
-            time.sleep(0.5)
-        stdout, stderr = proc.communicate(timeout=60)
+        watch = ProcessWatch(proc)
+        stdout, stderr = watch.wait(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
     loopback = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
-    wildcard = {(ip, port, name) for ip, port, name in seen if ip not in loopback}
-    assert any(ip in loopback for ip, _, _ in seen)
+    assert any(ip in loopback for ip, _, _ in watch.listening)
+    wildcard = {(ip, port, proc_key) for ip, port, proc_key in watch.listening if ip not in loopback}
     # The one exception: torch.distributed's rendezvous store, which Ray Train starts in the rank-0
     # training worker, binds every address and torch offers no bind address (README, known limits).
-    assert len({port for _, port, _ in wildcard}) <= 1 and all("RayTrain" in name for _, _, name in wildcard), wildcard
+    # A worker's title changes as it runs methods, so it is judged by every title it had.
+    assert len({port for _, port, _ in wildcard}) <= 1, wildcard
+    assert all(any("RayTrain" in t for t in watch.titles[key]) for _, _, key in wildcard), \
+        [(ip, port, watch.titles[key]) for ip, port, key in wildcard]
+    assert not watch.survivors(), "processes of the command's Ray outlived it"
     assert "SecondThought run finished" in stdout and str(out / "sft" / "model") in stdout
     manifest = json.loads((out / "prepared" / "manifest.json").read_text())
     assert manifest["rows_in"] == manifest["rows_out"] == 204

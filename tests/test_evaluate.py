@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from secondthought.config import ConfigError, EvalConfig
-from secondthought.evaluate import EvalRow, bootstrap, corpus_bleu_of, labelled, markdown, rouge_l, word_diff
+from secondthought.evaluate import EvalRow, bootstrap, corpus_bleu_of, markdown, rouge_l, word_diff
+from secondthought.judge import Labelled
 
 
 def test_bleu_and_rouge_from_the_libraries():
@@ -34,17 +35,18 @@ def test_word_diff_marks_removed_and_added_words():
 
 
 def test_judge_pairs_label_source_0_and_target_1():
-    rows = [EvalRow("a", "Be kind.", "Tom hits.", "Tom helps.", [1])]
-    assert labelled(rows) == ([("Be kind.", "Tom hits."), ("Be kind.", "Tom helps.")], [0.0, 1.0])
+    data = Labelled.of_triples([EvalRow("a", "Be kind.", "Tom hits.", "Tom helps.", [1])])
+    assert (data.contexts, data.texts, data.labels.tolist()) == (["Be kind."] * 2, ["Tom hits.", "Tom helps."],
+                                                                 [0.0, 1.0])
 
 
 def test_markdown_table_has_a_row_per_system_with_intervals():
     report = {"test_rows": 2, "prepared": "p", "config": {"judge": "minilm"},
-              "judge": {"train_triples": 10, "held_out_accuracy": 0.75, "test_pairs": 4},
+              "judge": {"kind": "frozen", "train_triples": 10, "held_out_accuracy": 0.75, "test_pairs": 4},
               "systems": [{"system": "copy", "metrics": {"alignment": (0.2, 0.1, 0.3), "bleu": (10.0, 5.0, 15.0)}}]}
     text = markdown(report, [{"id": "a", "context": "c", "source": "x y", "outputs": {"m": "x z"}}])
     assert "| copy | 0.200 [0.100, 0.300] | n/a | 10.000 [5.000, 15.000]" in text
-    assert "held-out accuracy 0.750" in text and "- m: x ~~y~~ **z**" in text
+    assert "Judge: minilm (frozen) trained on 10" in text and "held-out accuracy 0.750" in text and "- m: x ~~y~~ **z**" in text
 
 
 def test_eval_config_errors():
