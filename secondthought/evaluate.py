@@ -31,7 +31,7 @@ from secondthought.inference import Output
 from secondthought.judge import Judge, JudgeSpec, Labelled, cached
 from secondthought.runs import PreparedDir, ReportDir, model_folder, write_json
 from secondthought.runtime import ray_session
-from secondthought.tracking import figure
+from secondthought.tracking import ProgressLine, figure
 
 NON_MODELS = ("copy", "reference")
 
@@ -68,16 +68,19 @@ def prepare_judge(prepared: PreparedDir, cfg: EvalConfig) -> dict:
             "train_seconds": Judge.read_info(folder)["seconds"]}
 
 
-def generate(model_dir: str, rows: list[EvalRow], max_new_tokens: int, batch_size: int) -> list[Output]:
+def generate(name: str, model_dir: str, rows: list[EvalRow], max_new_tokens: int, batch_size: int) -> list[Output]:
     """Greedy completions of the rows' prompts, chains checked against their sources."""
     from secondthought.inference import Policy, SamplingParams
 
     policy = Policy.load(model_dir, threads=1)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0, batch_size=batch_size)
-    return policy.complete([r.prompt_ids for r in rows], [r.source for r in rows], params, seed=0)
+    line = ProgressLine(f"eval: {name} writing", len(rows), "rows")
+    outputs = policy.complete([r.prompt_ids for r in rows], [r.source for r in rows], params, seed=0, done=line.update)
+    line.close()
+    return outputs
 
 
-def perplexities(base_dir: str, contexts: list[str], texts: list[str]) -> np.ndarray:
+def perplexities(name: str, base_dir: str, contexts: list[str], texts: list[str]) -> np.ndarray:
     """Per-row mean negative log-likelihood of each text after its context, under the base LM."""
     import torch
     from transformers import AutoTokenizer
@@ -88,6 +91,7 @@ def perplexities(base_dir: str, contexts: list[str], texts: list[str]) -> np.nda
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = load_model(base_dir).eval()
     nll = []
+    line = ProgressLine(f"eval: perplexity of {name}", len(texts), "rows")
     with torch.no_grad():
         for context, text in zip(contexts, texts):
             ctx = tokenizer(context, add_special_tokens=False).input_ids
@@ -96,6 +100,8 @@ def perplexities(base_dir: str, contexts: list[str], texts: list[str]) -> np.nda
             logits = model(full).logits[0, len(ctx) - 1 : -1] if ctx else model(full).logits[0, :-1]
             targets = full[0, len(ctx):] if ctx else full[0, 1:]
             nll.append(float(torch.nn.functional.cross_entropy(logits.float(), targets)))
+            line.update(len(nll))
+    line.close()
     return np.asarray(nll)
 
 
@@ -228,7 +234,7 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
         import ray
 
         remote = ray.remote(num_cpus=1)
-        jobs = {name: remote(generate).remote(folder, test, cfg.max_new_tokens, cfg.batch_size)
+        jobs = {name: remote(generate).remote(name, folder, test, cfg.max_new_tokens, cfg.batch_size)
                 for name, folder in systems.items()}
         judge_job = remote(prepare_judge).remote(prepared, cfg)
         outputs: dict[str, list[Output]] = {name: ray.get(job) for name, job in jobs.items()}
@@ -236,7 +242,7 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
         texts = {"copy": [r.source for r in test], "reference": [r.target for r in test]}
         texts |= {name: [o.target.strip() for o in done] for name, done in outputs.items()}
         contexts = [r.context for r in test]
-        nll = {name: remote(perplexities).remote(str(base_model), contexts, t) for name, t in texts.items()}
+        nll = {name: remote(perplexities).remote(name, str(base_model), contexts, t) for name, t in texts.items()}
         nll = {name: ray.get(job) for name, job in nll.items()}
 
     # every system's texts in one pass: a frozen judge embeds each unique text once

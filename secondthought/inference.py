@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -90,7 +90,7 @@ def _sample_batch(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: 
 
 
 def sample(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, params: SamplingParams,
-           seed: int) -> list[list[int]]:
+           seed: int, done: Optional[Callable[[int], None]] = None) -> list[list[int]]:
     """One completion per prompt (token ids; ends with ``eos_id`` unless cut at max_new_tokens).
 
     The same model, prompts, parameters and seed give the same completions, so work lost with a
@@ -104,6 +104,8 @@ def sample(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, pa
         for i, completion in zip(chunk, _sample_batch(model, [prompts[i] for i in chunk], eos_id, pad_id, params,
                                                      generator)):
             completions[i] = completion
+        if done is not None:
+            done(start + len(chunk))
     return completions
 
 
@@ -152,9 +154,10 @@ class Policy:
     def eos_id(self) -> int:
         return self.tokenizer.eos_token_id
 
-    def sample(self, prompts: Sequence[Sequence[int]], params: SamplingParams, seed: int = 0) -> list[list[int]]:
-        """Completions as token ids (see :func:`sample`)."""
-        return sample(self.model, prompts, self.eos_id, self.tokenizer.pad_token_id, params, seed)
+    def sample(self, prompts: Sequence[Sequence[int]], params: SamplingParams, seed: int = 0,
+               done: Optional[Callable[[int], None]] = None) -> list[list[int]]:
+        """Completions as token ids (see :func:`sample`); ``done(rows)`` after each batch."""
+        return sample(self.model, prompts, self.eos_id, self.tokenizer.pad_token_id, params, seed, done)
 
     def output(self, ids: Sequence[int], source: Optional[str] = None) -> Output:
         text = completion_text(self.tokenizer, ids)
@@ -163,7 +166,7 @@ class Policy:
         return Output(text, part.chain_text, part.target, verdict)
 
     def complete(self, prompts: Sequence[Sequence[int]], sources: Optional[Sequence[str]], params: SamplingParams,
-                 seed: int = 0) -> list[Output]:
+                 seed: int = 0, done: Optional[Callable[[int], None]] = None) -> list[Output]:
         """Decode every prompt; with ``sources`` (the source text of each prompt) each chain is checked."""
-        completions = self.sample(prompts, params, seed)
+        completions = self.sample(prompts, params, seed, done)
         return [self.output(ids, sources[k] if sources is not None else None) for k, ids in enumerate(completions)]

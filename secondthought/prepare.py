@@ -214,7 +214,6 @@ def _chain_stats(histogram: Counter[int]) -> dict:
 def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, out: str | Path,
                 overwrite: bool = False, progress: bool = True) -> dict:
     """Run the whole stage into ``out``; returns the manifest (also written to ``out/manifest.json``)."""
-    import ray
     from tqdm import tqdm
 
     from secondthought.models import load_tokenizer
@@ -238,6 +237,8 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
     splits: Counter[str] = Counter()
     expected = sum(c.lines for c in chunks) if all(c.lines is not None for c in chunks) else None
     with ray_session(ray_cfg):
+        import ray  # after ray_session: a local Ray must learn that it listens on loopback only
+
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the bar below counts rows, which is what users follow
         context.print_on_execution_start = False

@@ -83,16 +83,23 @@ def shutdown(started_here: bool) -> None:
     end_processes(ours)
 
 
-def end_processes(procs: list, grace: float = 5.0) -> None:
-    """SIGTERM, then after ``grace`` seconds SIGKILL, to those of ``procs`` still running."""
+def end_processes(procs: list, grace: float = 5.0) -> list[str]:
+    """SIGTERM, then after ``grace`` seconds SIGKILL, to those of ``procs`` still running; the titles of
+    those it had to end (a warning names them: they are what ray.shutdown() leaves behind)."""
     import psutil
 
     _, alive = psutil.wait_procs(procs, timeout=grace)
+    ended = []
     for p in alive:
         with contextlib.suppress(psutil.Error):
+            ended.append(" ".join(p.cmdline()).strip()[:80] or p.name())
             p.terminate()
-    _, alive = psutil.wait_procs(alive, timeout=grace)
-    for p in alive:
+    _, still = psutil.wait_procs(alive, timeout=grace)
+    for p in still:
         with contextlib.suppress(psutil.Error):
             p.kill()
-    psutil.wait_procs(alive, timeout=grace)
+    psutil.wait_procs(still, timeout=grace)
+    if ended:
+        logging.getLogger(__name__).warning("ended %d process(es) that outlived ray.shutdown(): %s", len(ended),
+                                            "; ".join(ended))
+    return ended

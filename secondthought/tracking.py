@@ -73,7 +73,7 @@ def _write(line: str) -> None:
 class ProgressLine:
     """The project's progress line for long work outside a training loop (also inside Ray tasks, whose
     output reaches the console line by line, where a redrawn bar would not): done/total and an ETA,
-    at most every ``every_s`` seconds, and once at the end."""
+    at most every ``every_s`` seconds, and once at the end of work that took longer than that."""
 
     def __init__(self, what: str, total: int, unit: str, enabled: bool = True, every_s: float = 10.0):
         self.what, self.total, self.unit, self.enabled, self.every_s = what, total, unit, enabled, every_s
@@ -93,7 +93,7 @@ class ProgressLine:
         _write(" | ".join(parts) + f" | {elapsed:.0f}s elapsed, ~{eta:.0f}s left")
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and time.time() - self.started >= self.every_s:
             self.show()
 
 

@@ -52,7 +52,7 @@ def test_pure_modules_import_neither_ray_nor_a_stage():
     pure = {name: path for name, path in module_names().items()
             if stage_of(name) is None and name not in ORCHESTRATORS}
     assert {"secondthought.edits", "secondthought.runs", "secondthought.inference", "secondthought.rl.ppo",
-            "secondthought.training", "secondthought.config"} <= set(pure)
+            "secondthought.training", "secondthought.config", "secondthought.judge"} <= set(pure)
     for name, path in pure.items():
         found = imports(path)
         assert not {m for m in found if m == "ray" or m.startswith("ray.")}, f"{name} imports Ray"

@@ -60,3 +60,27 @@ def test_no_ray_process_outlives_an_interrupted_command(prepared, tmp_path):
     assert watch.proc.returncode == 130, stderr[-3000:]
     assert "interrupted" in stderr and not (interrupted / "summary.json").exists()
     assert not watch.survivors(), "processes of the command's Ray outlived an interrupted run"
+
+
+def test_end_processes_terminates_then_kills_only_what_it_is_given():
+    import psutil
+
+    from secondthought.runtime import end_processes
+
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                 "signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"], stdout=subprocess.PIPE)
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stubborn.stdout.readline()  # its SIGTERM handler is set
+        given = [psutil.Process(stubborn.pid), psutil.Process(polite.pid)]
+        started = time.time()
+        ended = end_processes(given, grace=1.0)
+        # both outlived the grace period; the one that ignores SIGTERM needed the second grace and SIGKILL
+        assert len(ended) == 2 and all("python" in title for title in ended)
+        assert not any(p.is_running() for p in given) and time.time() - started >= 2.0
+        assert bystander.poll() is None
+    finally:
+        for p in (stubborn, polite, bystander):
+            p.kill()
+            p.wait()
