@@ -287,10 +287,11 @@ class RLConfig(EngineConfig):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--rl.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "disc_lr", "clip", "disc_clip"):
+        # temperature 0 would be greedy decoding, whose log-probabilities (PPO ratios, KL) are not defined
+        for name in ("lr", "disc_lr", "clip", "disc_clip", "temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--rl.{name} must be positive, got {getattr(self, name)}")
-        for name in ("kl_coef", "vf_coef", "validity_weight", "temperature", "max_restarts"):
+        for name in ("kl_coef", "vf_coef", "validity_weight", "max_restarts"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--rl.{name} must not be negative, got {getattr(self, name)}")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):

@@ -188,3 +188,5 @@ def test_rl_config_errors_name_the_flag():
         RLConfig(reward="bleu")
     with pytest.raises(ConfigError, match="--rl.prompts_per_iteration"):
         RLConfig(prompts_per_iteration=12, minibatch_size=8)
+    with pytest.raises(ConfigError, match="--rl.temperature must be positive, got 0"):
+        RLConfig(temperature=0)
