@@ -223,11 +223,16 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
     """Evaluate ``systems`` (name -> model folder; "copy" and "reference" are built in) into ``out``."""
     prepared = PreparedDir.open(prepared)
     out = ReportDir(Path(out).expanduser().resolve())
+    shadowing = sorted(set(systems) & set(NON_MODELS))
+    if shadowing:
+        raise ConfigError(f"--models: {', '.join(map(repr, shadowing))} names a built-in system ({', '.join(NON_MODELS)});"
+                          " give the model another name")
+    systems = {name: str(model_folder(folder, f"--models {name!r}:")) for name, folder in systems.items()}
+    base_model = model_folder(base_model, "--base")
     test = _triples(prepared, cfg.split)
     if not test:
         raise ConfigError(f"{prepared.split(cfg.split)} holds no triples to evaluate")
     test = test[: cfg.max_rows] if cfg.max_rows else test
-    systems = {name: str(model_folder(folder, f"system {name!r}:")) for name, folder in systems.items()}
     out.path.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with ray_session(ray_cfg):

@@ -54,3 +54,25 @@ def test_eval_config_errors():
         EvalConfig(split="dev")
     with pytest.raises(ConfigError, match="--eval.bootstrap"):
         EvalConfig(bootstrap=0)
+
+
+def test_eval_refuses_bad_systems_and_base_before_any_work(tmp_path):
+    from secondthought.config import RayConfig
+    from secondthought.evaluate import run_eval
+    from secondthought.runs import MANIFEST
+
+    prepared = tmp_path / "prepared"
+    (prepared / "data" / "test").mkdir(parents=True)
+    (prepared / MANIFEST).write_text("{}")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
+    run = lambda systems, base: run_eval(prepared, systems, base, EvalConfig(), RayConfig(), tmp_path / "eval")  # noqa: E731
+    with pytest.raises(ConfigError, match="--models: 'copy' names a built-in system"):
+        run({"copy": str(model)}, model)
+    with pytest.raises(ConfigError, match=f"--base {tmp_path / 'nowhere'} is not a model folder"):
+        run({"mine": str(model)}, tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="--models 'mine': .* is not a model folder"):
+        run({"mine": str(tmp_path)}, model)
+    assert not (tmp_path / "eval").exists()
