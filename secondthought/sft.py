@@ -81,7 +81,8 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
     n_train = prepared.count_forward("train", one_per_triple)
     n_eval = prepared.count_forward("eval", one_per_triple)
     n_train = min(n_train, cfg.max_train_rows or n_train)
-    per_epoch = micro_batches_per_epoch(n_train, cfg.num_workers, cfg.micro_batch_size, cfg.grad_accum)
+    per_epoch = micro_batches_per_epoch(n_train, cfg.num_workers, cfg.micro_batch_size, cfg.grad_accum,
+                                        cfg.bucket_window)
     if per_epoch == 0:
         raise ConfigError(f"{n_train} training chains are too few for {cfg.num_workers} workers x "
                           f"--sft.micro_batch_size {cfg.micro_batch_size} x --sft.grad_accum {cfg.grad_accum}")

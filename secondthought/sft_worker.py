@@ -201,7 +201,7 @@ def train_loop_per_worker(config: dict) -> None:
     stop = state.step >= total
     while not stop and state.epoch < cfg.epochs:
         batches = bucketed(rows_of_rank(_rows(train_shard, cut), rank, world), cfg.micro_batch_size,
-                           cfg.bucket_window, cfg.seed, state.epoch)
+                           cfg.bucket_window, cfg.seed, state.epoch, cfg.grad_accum)
         for index, rows in enumerate(islice(batches, plan["micro_batches_per_epoch"])):
             if index < state.batches_done:
                 continue  # done before the restart: same data, same order
