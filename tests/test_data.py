@@ -107,6 +107,18 @@ def test_ethics_deontology_pairs_within_one_request(tmp_path):
     assert all(r.reason == "no excuse of the opposite label for the same request" for r in rejected)
 
 
+def test_triples_of_one_group_share_a_split(tmp_path):
+    """A request's excuses (ETHICS deontology) in two splits would put a test context into training."""
+    path = slice_of(shared_file("ethics", "deontology", "deontology_train.csv"), 2000, tmp_path)
+    triples, _ = run("ethics-deontology", [path], eval_fraction=0.3, test_fraction=0.3)
+    by_request = {}
+    for t in triples:
+        by_request.setdefault(t.context, set()).add(t.split)
+    assert sum(len([t for t in triples if t.context == c]) > 1 for c in by_request) >= 10
+    assert all(len(splits) == 1 for splits in by_request.values())
+    assert {t.split for t in triples} == {"train", "eval", "test"}
+
+
 def test_ethics_justice_and_utilitarianism(tmp_path):
     justice = slice_of(shared_file("ethics", "justice", "justice_train.csv"), 300, tmp_path)
     triples, rejected = run("ethics-justice", [justice])
@@ -144,6 +156,20 @@ def test_mic_fixture_with_its_real_columns(tmp_path):
         "no answer of the opposite stance for the same question and rule",
         "malformed CSV: expected 9 fields, found 5",
     ])
+
+
+def test_mic_pairs_of_one_question_and_rule_share_a_split(tmp_path):
+    """Answers to one question under one rule released in different splits: the pairs made of them
+    must not straddle splits, so the group gets one split by its hash."""
+    path = tmp_path / "MIC.csv"
+    columns = ["chatbot", "Q", "A", "rot", "moral", "A_agrees", "rot-agree", "violation-severity", "split"]
+    answers = [("Lie.", "0", "train"), ("Be honest.", "2", "test"), ("Lie often.", "0", "dev"),
+               ("Tell the truth.", "2", "train")]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([columns] + [["bot", "Is it ok to lie?", a, "It is wrong to lie.", "fairness", agrees,
+                                              "4", "3", split] for a, agrees, split in answers])
+    triples, _ = run("mic", [path], eval_fraction=0.4, test_fraction=0.4)
+    assert len(triples) == 2 and len({t.split for t in triples}) == 1 and triples[0].group == triples[1].group
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])

@@ -86,6 +86,6 @@ def triples(chunk: Chunk, cfg: DataConfig) -> Iterator[Triple | Rejected]:
         yield from unreadable
         unreadable.clear()
         if isinstance(item, Triple) and item.split is None:
-            item.split = hashed_split(item.id, cfg.eval_fraction, cfg.test_fraction)
+            item.split = hashed_split(item.group or item.id, cfg.eval_fraction, cfg.test_fraction)
         yield item
     yield from unreadable

@@ -102,7 +102,9 @@ def deontology(records: Iterator[RawRecord], cfg: DataConfig) -> Iterator[Triple
         return _triple("deontology", bad, good, bad.fields["excuse"], good.fields["excuse"],
                        context=bad.fields["scenario"].strip())
 
-    for item in pair_groups(groups, make, "no excuse of the opposite label for the same request"):
+    # keyed by the request itself: the same request may come back further down the file
+    for item in pair_groups(groups, make, "no excuse of the opposite label for the same request",
+                            key=lambda group: "ethics-deontology:" + group[0][0].fields["scenario"].strip()):
         yield from _flush(rejected)
         yield item
     yield from _flush(rejected)

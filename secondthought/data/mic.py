@@ -34,7 +34,7 @@ def adapt(records: Iterator[RawRecord], cfg: DataConfig) -> Iterator[Triple | Re
             continue
         groups.setdefault((question, rot), []).append((record, agrees == "2"))
 
-    def make(bad: RawRecord, good: RawRecord) -> Triple:
+    def make(bad: RawRecord, good: RawRecord, split: str | None) -> Triple:
         fields = bad.fields
         return Triple(
             id=f"mic:{bad.line}-{good.line}",
@@ -44,7 +44,13 @@ def adapt(records: Iterator[RawRecord], cfg: DataConfig) -> Iterator[Triple | Re
             target=good.fields["A"].strip(),
             records=[bad, good],
             metadata=json.dumps({"unaligned": fields, "aligned": good.fields}, ensure_ascii=False),
-            split=normalize_split(fields.get("split")),
+            split=split,
         )
 
-    yield from pair_groups(groups.values(), make, "no answer of the opposite stance for the same question and rule")
+    for (question, rot), group in groups.items():
+        # the released split where every answer of the group has the same one; else a hash of the group
+        splits = {normalize_split(record.fields.get("split")) for record, _ in group}
+        split = splits.pop() if len(splits) == 1 else None
+        yield from pair_groups([group], lambda bad, good, split=split: make(bad, good, split),
+                               "no answer of the opposite stance for the same question and rule",
+                               key=lambda _, q=question, r=rot: f"mic:{q}\n{r}")

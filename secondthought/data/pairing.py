@@ -11,14 +11,19 @@ MakeTriple = Callable[[RawRecord, RawRecord], Triple]
 
 
 def pair_groups(
-    groups: Iterable[list[tuple[RawRecord, bool]]], make: MakeTriple, unpaired: str
+    groups: Iterable[list[tuple[RawRecord, bool]]], make: MakeTriple, unpaired: str,
+    key: Callable[[list[tuple[RawRecord, bool]]], str] | None = None,
 ) -> Iterator[Triple | Rejected]:
-    """Within each group of (record, is_aligned), pair unaligned with aligned records in order."""
+    """Within each group of (record, is_aligned), pair unaligned with aligned records in order. The
+    triples of a group share its ``key`` (default: where its first record is), and so a split."""
     for group in groups:
         bad = [r for r, aligned in group if not aligned]
         good = [r for r, aligned in group if aligned]
+        group_key = key(group) if key else f"{group[0][0].file}:{group[0][0].line}"
         for source, target in zip(bad, good):
-            yield make(source, target)
+            triple = make(source, target)
+            triple.group = group_key
+            yield triple
         for record in bad[len(good):] + good[len(bad):]:
             yield Rejected.of(record, unpaired)
 

@@ -29,6 +29,9 @@ class Triple:
     metadata: str = "{}"
     """The original fields, as a JSON object."""
     split: str | None = None
+    group: str | None = None
+    """Triples sharing a group (an ETHICS request, a MIC question and rule) share a split: else a test
+    triple's context or source could be trained on. None: the triple is its own group."""
 
 
 @dataclass(frozen=True)
