@@ -36,9 +36,13 @@ ITEM_SCHEMA = pa.schema([
     ("id", pa.string()), ("dataset", pa.string()), ("split", pa.string()), ("context", pa.string()),
     ("source", pa.string()), ("target", pa.string()), ("metadata", pa.string()),
     ("records", pa.list_(pa.string())), ("raws", pa.list_(pa.string())), ("reason", pa.string()),
+    ("read", pa.int64()),
 ])
+"""Triples and rejected records; ``read`` counts the raw records the reader gave since the previous block
+(on a block's first row): an independent count that shows a record an adapter lost."""
 SUMMARY_SCHEMA = pa.schema([
-    ("records_in", pa.int64()), ("records_out", pa.int64()), ("records_quarantined", pa.int64()),
+    ("records_read", pa.int64()), ("records_in", pa.int64()), ("records_out", pa.int64()),
+    ("records_quarantined", pa.int64()),
     ("chains", pa.int64()), ("tokens", pa.int64()), ("reasons", pa.string()), ("n_edits", pa.string()),
     ("splits", pa.string()),
 ])
@@ -48,15 +52,21 @@ def _record_key(record: RawRecord) -> str:
     return f"{record.file}:{record.line}"
 
 
-def _items_block(items: list[Triple | Rejected]) -> pa.Table:
-    """A block of the read stage: triples, and rejected records (with ``reason`` set)."""
+def _items_block(items: list[Triple | Rejected], read: int) -> pa.Table:
+    """A block of the read stage: triples, and rejected records (with ``reason`` set); no items and
+    ``read`` > 0: records the adapter read and never gave back."""
     columns: dict[str, list] = {name: [] for name in ITEM_SCHEMA.names}
-    for item in items:
+    if not items:
+        return pa.table({**{k: [None] for k in columns}, "records": [[]], "raws": [[]], "reason": [""],
+                         "read": [read]}, schema=ITEM_SCHEMA)
+    for k, item in enumerate(items):
+        counted = read if k == 0 else 0
         if isinstance(item, Rejected):
-            values = (None, None, None, None, None, None, None, [f"{item.file}:{item.line}"], [item.raw], item.reason)
+            values = (None, None, None, None, None, None, None, [f"{item.file}:{item.line}"], [item.raw], item.reason,
+                      counted)
         else:
             values = (item.id, item.dataset, item.split, item.context, item.source, item.target, item.metadata,
-                      [_record_key(r) for r in item.records], [r.raw for r in item.records], None)
+                      [_record_key(r) for r in item.records], [r.raw for r in item.records], None, counted)
         for column, value in zip(columns.values(), values):
             column.append(value)
     return pa.table(columns, schema=ITEM_SCHEMA)
@@ -64,14 +74,15 @@ def _items_block(items: list[Triple | Rejected]) -> pa.Table:
 
 def _read_blocks(chunk: Chunk, cfg: DataConfig, records_per_block: int) -> Iterator[pa.Table]:
     items: list[Triple | Rejected] = []
+    read, reported = [0], 0
     with _no_cyclic_gc():
-        for item in datasets.triples(chunk, cfg):
+        for item in datasets.triples(chunk, cfg, read):
             items.append(item)
             if len(items) >= records_per_block:
-                yield _items_block(items)
-                items = []
-        if items:
-            yield _items_block(items)
+                yield _items_block(items, read[0] - reported)
+                items, reported = [], read[0]
+        if items or read[0] > reported:
+            yield _items_block(items, read[0] - reported)
 
 
 def _make_datasource(chunks: list[Chunk], cfg: DataConfig, records_per_block: int):
@@ -151,6 +162,8 @@ def _process_block(batch: pa.Table, cfg: PrepareConfig, tokenizer_dir: str, out:
     columns = {name: batch[name].to_pylist() for name in ITEM_SCHEMA.names}
     for k, reason in enumerate(columns["reason"]):
         records = _records(columns["records"][k], columns["raws"][k])
+        if not records:
+            continue  # only a count of records read
         if reason is not None:
             quarantine.extend(Rejected.of(r, reason) for r in records)
         else:
@@ -167,6 +180,7 @@ def _process_block(batch: pa.Table, cfg: PrepareConfig, tokenizer_dir: str, out:
         with open(Path(out) / "quarantine" / f"{name}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(item.to_json() + "\n" for item in quarantine)
     summary = {
+        "records_read": sum(columns["read"]),
         "records_in": len(keys),
         "records_out": sum(len(t.records) for t in triples) - len(too_long),
         "records_quarantined": len(quarantine),
@@ -211,6 +225,15 @@ def _chain_stats(histogram: Counter[int]) -> dict:
     }
 
 
+def reconcile(manifest: dict) -> None:
+    """Every record the readers gave is a triple's or quarantined, once: else a bug lost or doubled some."""
+    if not manifest["rows_read"] == manifest["rows_in"] == manifest["rows_out"] + manifest["rows_quarantined"]:
+        raise RuntimeError(f"prepare lost records: the readers gave {manifest['rows_read']}, {manifest['rows_in']} "
+                           "came through the "
+                           f"adapter, {manifest['rows_out']} are in triples and {manifest['rows_quarantined']} "
+                           "quarantined; please report this with the input")
+
+
 def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, out: str | Path,
                 overwrite: bool = False, progress: bool = True) -> dict:
     """Run the whole stage into ``out``; returns the manifest (also written to ``out/manifest.json``)."""
@@ -250,7 +273,7 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
                             fn_kwargs={"cfg": prepare, "tokenizer_dir": str(tokenizer_dir), "out": str(out)})
         with tqdm(desc="prepare", unit=" rows", total=expected, disable=not progress, smoothing=0.1) as bar:
             for summary in ds.iter_rows():
-                for key in ("records_in", "records_out", "records_quarantined", "chains", "tokens"):
+                for key in ("records_read", "records_in", "records_out", "records_quarantined", "chains", "tokens"):
                     totals[key] += summary[key]
                 reasons.update(json.loads(summary["reasons"]))
                 n_edits.update({int(k): v for k, v in json.loads(summary["n_edits"]).items()})
@@ -262,6 +285,7 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
     manifest = {
         "dataset": data.dataset,
         "inputs": list(dict.fromkeys(chunk.path for chunk in chunks)),
+        "rows_read": totals["records_read"],
         "rows_in": totals["records_in"],
         "rows_out": totals["records_out"],
         "rows_quarantined": totals["records_quarantined"],
@@ -278,8 +302,6 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
         "seconds": round(elapsed, 2),
         "rows_per_second": round(totals["records_in"] / elapsed, 1) if elapsed else None,
     }
-    if manifest["rows_in"] != manifest["rows_out"] + manifest["rows_quarantined"]:
-        raise RuntimeError(f"prepare lost rows: {manifest['rows_in']} in, {manifest['rows_out']} out, "
-                           f"{manifest['rows_quarantined']} quarantined")
+    reconcile(manifest)
     write_json(run.manifest_file, manifest)  # last: marks the stage done
     return manifest

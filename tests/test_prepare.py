@@ -77,3 +77,37 @@ def test_fast_encoding_equals_tokenizing_the_whole_text(tokenizer):
              for chain in augment(source, target, [(1, 1, 1), (1, 1, 2), (1, 1, 1.5)])]
     assert encoder.encode_many(items) == [encoder.whole(*item) for item in items]
     assert TGT in tokenizer.convert_ids_to_tokens(encoder.whole(*items[0])[0])
+
+
+def test_a_record_an_adapter_loses_is_caught_by_the_independent_count(tmp_path, monkeypatch):
+    """The reconciliation compares what the reader gave with what came out, so it can fail."""
+    import pyarrow as pa
+
+    from secondthought import data as datasets
+    from secondthought.data import moral_stories
+    from secondthought.prepare import _read_blocks, reconcile
+
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps({"ID": f"s{i}", "norm": "Be kind.", "situation": "A dog.", "intention": "Pass.",
+                                        "moral_action": "Ann walks around.", "immoral_action": f"Ann kicks it {i}."})
+                            + "\n" for i in range(10)))
+    cfg = DataConfig(dataset="moral-stories", input=[str(path)])
+
+    def count(blocks):
+        table = pa.concat_tables(list(blocks))
+        kept = sum(len(r) for r in table["records"].to_pylist())
+        return {"rows_read": sum(table["read"].to_pylist()), "rows_in": kept, "rows_out": kept, "rows_quarantined": 0}
+
+    chunk = datasets.plan(cfg, 1 << 20)[0]
+    whole = count(_read_blocks(chunk, cfg, records_per_block=3))
+    assert whole["rows_read"] == whole["rows_in"] == 10
+    reconcile(whole)
+
+    def lossy_adapt(records, c):  # drops the last record without a word
+        return (t for k, t in enumerate(moral_stories.adapt(records, c)) if k != 9)
+
+    monkeypatch.setitem(datasets.ADAPTERS, "moral-stories", datasets.Adapter(lossy_adapt, "jsonl"))
+    lossy = count(_read_blocks(chunk, cfg, records_per_block=3))
+    assert lossy["rows_read"] == 10 and lossy["rows_in"] == 9
+    with pytest.raises(RuntimeError, match="prepare lost records: the readers gave 10, 9"):
+        reconcile(lossy)

@@ -70,13 +70,16 @@ def plan(cfg: DataConfig, chunk_bytes: int) -> list[Chunk]:
     return plan_chunks(input_files(cfg), cfg.format or adapter.format, chunk_bytes, adapter.header)
 
 
-def triples(chunk: Chunk, cfg: DataConfig) -> Iterator[Triple | Rejected]:
-    """Every record of a chunk, as a checked triple (with its split) or a rejected record."""
+def triples(chunk: Chunk, cfg: DataConfig, read: list[int] | None = None) -> Iterator[Triple | Rejected]:
+    """Every record of a chunk, as a checked triple (with its split) or a rejected record; ``read[0]``
+    counts the records the reader gave (for a reconciliation independent of the adapter)."""
     adapter = get_adapter(cfg.dataset)
     unreadable: list[Rejected] = []
+    read = read if read is not None else [0]
 
     def readable(records: Iterable[RawRecord]) -> Iterator[RawRecord]:
         for record in records:
+            read[0] += 1
             if record.error:
                 unreadable.append(Rejected.of(record, record.error))
             else:
