@@ -29,7 +29,7 @@ from secondthought.data.schema import judge_held_out
 from secondthought.formatting import Verdict
 from secondthought.inference import Output
 from secondthought.judge import Judge, JudgeSpec, Labelled, cached
-from secondthought.runs import PreparedDir, ReportDir, model_folder, write_json
+from secondthought.runs import REPORT, PreparedDir, ReportDir, claim, model_folder, write_json
 from secondthought.runtime import ray_session
 from secondthought.tracking import ProgressLine, figure
 
@@ -233,7 +233,7 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
     if not test:
         raise ConfigError(f"{prepared.split(cfg.split)} holds no triples to evaluate")
     test = test[: cfg.max_rows] if cfg.max_rows else test
-    out.path.mkdir(parents=True, exist_ok=True)
+    claim(out.path, "report", done_file=REPORT)
     started = time.time()
     with ray_session(ray_cfg):
         import ray

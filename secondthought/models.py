@@ -13,14 +13,26 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from secondthought.config import ConfigError
 from secondthought.formatting import SPECIAL_TOKENS
 
 EMBEDDED_LM = "smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelNotFound(RuntimeError):
-    pass
+class ModelNotFound(ConfigError):
+    """A model or tokenizer that cannot be loaded: a bad input, reported like any other (exit code 2)."""
+
+
+def check_model(name: str, flag: str) -> None:
+    """Fail fast, before anything is written, on a model that is neither a known name nor a model folder.
+    (A hub id can only be tried by loading it.)"""
+    from secondthought.runs import model_folder
+
+    if name == EMBEDDED_LM or name in TINY_MODELS:
+        return
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+        model_folder(name, flag)
 
 
 def cache_dir() -> Path:

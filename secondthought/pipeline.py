@@ -13,13 +13,14 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from secondthought.config import DataConfig, EvalConfig, PrepareConfig, RayConfig, RLConfig, SFTConfig
+from secondthought.config import ConfigError, DataConfig, EvalConfig, PrepareConfig, RayConfig, RLConfig, SFTConfig
 from secondthought.runs import (
     CONFIG,
     PIPELINE,
     PreparedDir,
     ReportDir,
     TrainingDir,
+    claim,
     resolve_out,
     run_once,
     write_json,
@@ -35,10 +36,12 @@ def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: R
     from secondthought.sft import run_sft
 
     out = resolve_out(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG).write_text(json.dumps(
-        {"data": asdict(data), "prepare": asdict(prepare), "sft": asdict(sft), "rl": asdict(rl),
-         "eval": asdict(evaluation), "ray": asdict(ray_cfg), "baseline": baseline}, indent=2))
+    config = json.loads(json.dumps({"data": asdict(data), "prepare": asdict(prepare), "sft": asdict(sft),
+                                    "rl": asdict(rl), "eval": asdict(evaluation), "baseline": baseline}))
+    if (out / CONFIG).is_file():
+        refuse_changed(json.loads((out / CONFIG).read_text()), config, out)
+    claim(out, "pipeline", done_file=PIPELINE)
+    (out / CONFIG).write_text(json.dumps(config, indent=2))
     prepared, tuned, refined = PreparedDir(out / "prepared"), TrainingDir(out / "sft"), TrainingDir(out / "rl")
     targets_only, judged = TrainingDir(out / "sft-targets"), ReportDir(out / "eval")
     stages: dict[str, dict] = {}
@@ -80,6 +83,20 @@ def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: R
     }
     write_json(out / PIPELINE, summary)
     return summary
+
+
+def refuse_changed(before: dict, now: dict, out: Path) -> None:
+    """A run directory continues the run it holds: its finished stages are not redone, so options that
+    differ from the ones they ran with would be silently ignored. Where to run (--ray) may change."""
+    changed = [f"--{section}.{key} {before.get(section, {}).get(key)!r} -> {value!r}"
+               for section, values in now.items() if isinstance(values, dict)
+               for key, value in values.items()
+               if key in before.get(section, {}) and before[section][key] != value]  # new options: no record
+    if before.get("baseline", now["baseline"]) != now["baseline"]:
+        changed.append(f"--baseline {before['baseline']} -> {now['baseline']}")
+    if changed:
+        raise ConfigError(f"{out} holds a run made with other options ({'; '.join(changed)}): its finished stages "
+                          "would not be redone with them. Use a new --out, or the same options to continue it")
 
 
 def describe(summary: dict) -> str:

@@ -29,7 +29,7 @@ from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConf
 from secondthought.data.records import Chunk, RawRecord
 from secondthought.data.schema import Rejected, Triple
 from secondthought.examples import Encoder, build
-from secondthought.runs import PreparedDir, write_json
+from secondthought.runs import MANIFEST, PreparedDir, claim, resolve_out, write_json
 from secondthought.runtime import ray_session
 
 ITEM_SCHEMA = pa.schema([
@@ -241,16 +241,16 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
 
     from secondthought.models import load_tokenizer
 
-    run = PreparedDir(Path(out).expanduser().resolve())
+    run = PreparedDir(resolve_out(out))
     out = run.path
-    if out.exists() and any(out.iterdir()):
-        if not overwrite and run.done:
-            raise ConfigError(f"{out} already holds prepared data: pass --overwrite to replace it")
-        shutil.rmtree(out)  # an unfinished earlier run (no manifest) is redone from the start
-    out.mkdir(parents=True)
+    # the inputs and the tokenizer first: a typo in a flag must not cost an earlier result
     started = time.time()
     chunks = datasets.plan(data, prepare.chunk_mb << 20)
     tokenizer = load_tokenizer(prepare.tokenizer)
+    if run.done and not overwrite:
+        claim(out, "prepared", done_file=MANIFEST)  # refuses a folder that is not ours
+        raise ConfigError(f"{out} already holds prepared data: pass --overwrite to replace it")
+    claim(out, "prepared", replace=True, done_file=MANIFEST)  # an unfinished earlier run is redone from the start
     tokenizer_dir = run.tokenizer
     tokenizer.save_pretrained(tokenizer_dir)
 

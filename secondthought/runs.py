@@ -28,7 +28,10 @@ REPORT = "report.json"
 METRICS = "metrics.jsonl"
 MODEL_INFO = "secondthought.json"
 PIPELINE = "pipeline.json"
+TRANSFER = "transfer.json"
 FAULT_MARKER = "fault-injected"
+MARKER = ".secondthought"
+"""In every folder a command writes: only such a folder is ever emptied (--overwrite)."""
 """Testing fault tolerance: a run's injected fault happens once, while this file is absent."""
 
 
@@ -36,6 +39,27 @@ def resolve_out(out: str | Path) -> Path:
     path = Path(out).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
+    return path
+
+
+def claim(out: str | Path, kind: str, replace: bool = False, flag: str = "--out", done_file: str | None = None) -> Path:
+    """Make ``out`` an output folder of ours for ``kind`` (prepared, training, report, pipeline, transfer):
+    new or empty, or one that carries our marker for the same kind (``replace``: emptied first). A folder
+    with files that we did not write (no marker) or of another kind is refused, and nothing in it touched.
+    ``done_file``: the kind's last artefact, which also marks a folder ours (runs from before the marker)."""
+    path = resolve_out(out)
+    if path.is_dir() and any(path.iterdir()):
+        marker = path / MARKER
+        found = json.loads(marker.read_text()).get("kind") if marker.is_file() else None
+        if found is None and not (done_file and (path / done_file).is_file()):
+            raise ConfigError(f"{flag} {path} is not empty and was not written by secondthought: choose a new or "
+                              "empty folder (nothing in it was touched)")
+        if found not in (None, kind):
+            raise ConfigError(f"{flag} {path} holds a {found} folder, not a {kind} one: choose another folder")
+        if replace:
+            shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text(json.dumps({"kind": kind}) + "\n")
     return path
 
 
@@ -137,14 +161,14 @@ class TrainingDir:
         """Make ``out`` ready for a training run: an earlier run there is replaced (``overwrite``), continued
         (``resume``) or refused with the flag to pass. Writes out/config.json."""
         run = cls(resolve_out(out))
-        if run.path.exists() and any(run.path.iterdir()):
-            if overwrite:
-                shutil.rmtree(run.path)
-            elif run.done and not resume:
+        started = run.path.is_dir() and any(run.path.iterdir())
+        if started and not overwrite:
+            claim(run.path, "training", done_file=SUMMARY)  # refuses a folder that is not ours
+            if run.done and not resume:
                 raise ConfigError(f"{run.path} already holds a finished run: pass --overwrite to run again")
-            elif not resume:
+            if not resume:
                 raise ConfigError(f"{run.path} holds an unfinished run: pass --resume to continue it or --overwrite")
-        run.path.mkdir(parents=True, exist_ok=True)
+        claim(run.path, "training", replace=overwrite, done_file=SUMMARY)
         (run.path / CONFIG).write_text(json.dumps(config, indent=2))
         return run
 

@@ -65,10 +65,11 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
     from ray.train.torch import TorchTrainer
     from transformers import AutoTokenizer
 
-    from secondthought.models import build_base_model
+    from secondthought.models import build_base_model, check_model
     from secondthought.sft_worker import train_loop_per_worker
 
     prepared = PreparedDir.open(prepared)
+    check_model(cfg.model, "--sft.model")
     run = TrainingDir.start(out, asdict(cfg), resume, overwrite)
     out = run.path
 

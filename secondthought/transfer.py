@@ -15,10 +15,12 @@ from pathlib import Path
 from secondthought.config import DataConfig, EvalConfig, PrepareConfig, RayConfig, SFTConfig, TransferConfig
 from secondthought.runs import (
     CONFIG,
+    TRANSFER,
     PreparedDir,
     ReportDir,
     TrainingDir,
     base_of,
+    claim,
     model_folder,
     resolve_out,
     run_once,
@@ -35,7 +37,7 @@ def run_transfer(model: str | Path, data: DataConfig, cfg: TransferConfig, evalu
 
     model, out = model_folder(model, "--model"), resolve_out(out)
     base = Path(base) if base else base_of(model)
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, "transfer", done_file=TRANSFER)
     (out / CONFIG).write_text(json.dumps({"model": str(model), "data": asdict(data), "transfer": asdict(cfg),
                                           "eval": asdict(evaluation)}, indent=2))
     prepared, report_dir = PreparedDir(out / "prepared"), ReportDir(out / "eval")
@@ -64,5 +66,5 @@ def run_transfer(model: str | Path, data: DataConfig, cfg: TransferConfig, evalu
               "results": {s["system"]: {k: (s["metrics"][k][0] if s["metrics"].get(k) else None)
                                         for k in ("alignment", "bleu", "rouge_l", "validity")}
                           for s in report["systems"]}}
-    write_json(out / "transfer.json", result)
+    write_json(out / TRANSFER, result)
     return result

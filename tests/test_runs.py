@@ -94,3 +94,62 @@ def test_newest_checkpoint_is_the_furthest_complete_one(tmp_path):
     complete = lambda c: deepspeed_files_complete(c / "engine", world=2)  # noqa: E731
     assert newest_checkpoint(tmp_path, "step", complete) == tmp_path / "c"
     assert newest_checkpoint(tmp_path / "none", "step") is None
+
+
+def user_folder(path):
+    """A folder of someone's own files (what `--out .` or a typo could point at)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "thesis.tex").write_text("years of work")
+    return path
+
+
+def test_no_command_empties_a_folder_it_did_not_write(tmp_path):
+    from secondthought.config import DataConfig, PrepareConfig, RayConfig
+    from secondthought.prepare import run_prepare
+    from secondthought.runs import claim
+
+    mine = user_folder(tmp_path / "mine")
+    for attempt in (lambda: claim(mine, "prepared", replace=True),
+                    lambda: TrainingDir.start(mine, {}, resume=False, overwrite=True),
+                    lambda: TrainingDir.start(mine, {}, resume=True, overwrite=False),
+                    lambda: run_prepare(DataConfig(dataset="sample"), PrepareConfig(), RayConfig(), mine, overwrite=True)):
+        with pytest.raises(ConfigError, match="was not written by secondthought"):
+            attempt()
+        assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+
+    # a folder of ours for one kind is not replaced by a command of another
+    prepared = claim(tmp_path / "prepared", "prepared")
+    (prepared / "data").mkdir()
+    with pytest.raises(ConfigError, match="holds a prepared folder, not a training one"):
+        TrainingDir.start(prepared, {}, resume=False, overwrite=True)
+    assert (prepared / "data").is_dir()
+    # our own folder of the same kind is emptied with the flag
+    assert not list(p for p in claim(prepared, "prepared", replace=True).iterdir() if p.name != ".secondthought")
+
+
+def test_bad_inputs_are_found_before_an_earlier_result_is_touched(tmp_path):
+    from secondthought.config import DataConfig, PrepareConfig, RayConfig, SFTConfig
+    from secondthought.prepare import run_prepare
+    from secondthought.runs import claim
+    from secondthought.sft import run_sft
+
+    prepared = claim(tmp_path / "prepared", "prepared")
+    (prepared / "manifest.json").write_text("{}")
+    with pytest.raises(ConfigError, match="--data.input: no such file"):
+        run_prepare(DataConfig(dataset="moral-stories", input=[str(tmp_path / "typo.jsonl")]), PrepareConfig(),
+                    RayConfig(), prepared, overwrite=True)
+    assert (prepared / "manifest.json").is_file()
+    with pytest.raises(ConfigError, match="--sft.model .*nowhere is not a model folder"):
+        run_sft(prepared, SFTConfig(model="./nowhere"), RayConfig(), tmp_path / "sft", overwrite=True)
+    assert not (tmp_path / "sft").exists()
+
+
+def test_a_pipeline_rerun_with_other_options_is_refused_naming_them(tmp_path):
+    from secondthought.pipeline import refuse_changed
+
+    before = {"sft": {"epochs": 2, "lr": 1e-4}, "eval": {"judge": "minilm"}, "baseline": True}
+    refuse_changed(before, {"sft": {"epochs": 2, "lr": 1e-4}, "eval": {"judge": "minilm", "judge_kind": "frozen"},
+                            "baseline": True}, tmp_path)  # an option new since the run: nothing to compare
+    with pytest.raises(ConfigError, match=r"--sft.epochs 2 -> 3; --baseline True -> False"):
+        refuse_changed(before, {"sft": {"epochs": 3, "lr": 1e-4}, "eval": {"judge": "minilm"}, "baseline": False},
+                       tmp_path)
