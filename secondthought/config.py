@@ -266,7 +266,8 @@ class RLConfig(EngineConfig):
     disc_clip: float = 5.0
     """Discriminator log-odds are clipped to [-disc_clip, disc_clip] in the reward."""
     validity_weight: float = 1.0
-    """Weight of the edit-validity term (+1 valid and consistent, 0 applies but inconsistent, -1 broken)."""
+    """Weight of the edit-validity term (+1 valid and consistent, 0 applies but inconsistent, -1 broken or
+    changing nothing)."""
     colocate: bool = True
     """Share devices: rollout worker i, learner i (and the reference and discriminator with the first) in one
     placement-group bundle. False gives each actor its own bundle (its own GPU)."""

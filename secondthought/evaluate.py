@@ -161,10 +161,13 @@ def system_metrics(name: str, rows: list[EvalRow], texts: list[str], verdicts: l
         "rouge_l": bootstrap(rouge_l(texts, refs), resamples=cfg.bootstrap, seed=cfg.seed),
         "perplexity": tuple(math.exp(v) for v in bootstrap(nll, resamples=cfg.bootstrap, seed=cfg.seed)),
     }
+    unchanged = [t.strip() == r.source.strip() for r, t in zip(rows, texts)]
+    metrics["unchanged"] = bootstrap(np.array(unchanged, float), resamples=cfg.bootstrap, seed=cfg.seed)
     if verdicts is not None:
-        metrics["validity"] = bootstrap(np.array([v.applies for v in verdicts], float), resamples=cfg.bootstrap,
+        # a chain that changes nothing is neither valid nor consistent (it counts under "unchanged")
+        metrics["validity"] = bootstrap(np.array([v.valid for v in verdicts], float), resamples=cfg.bootstrap,
                                         seed=cfg.seed)
-        metrics["consistency"] = bootstrap(np.array([v.consistent for v in verdicts], float),
+        metrics["consistency"] = bootstrap(np.array([v.valid and v.consistent for v in verdicts], float),
                                            resamples=cfg.bootstrap, seed=cfg.seed)
         lengths = np.array([v.n_edits for v in verdicts if v.parses], float)
         metrics["chain_length"] = bootstrap(lengths, resamples=cfg.bootstrap, seed=cfg.seed) if len(lengths) else None
@@ -178,7 +181,8 @@ def _cell(value) -> str:
     return f"{point:.3f} [{low:.3f}, {high:.3f}]"
 
 
-COLUMNS = ("alignment", "win_rate_vs_source", "bleu", "rouge_l", "perplexity", "validity", "consistency", "chain_length")
+COLUMNS = ("alignment", "win_rate_vs_source", "bleu", "rouge_l", "perplexity", "unchanged", "validity", "consistency",
+           "chain_length")
 
 
 def markdown(report: dict, examples: list[dict]) -> str:

@@ -53,11 +53,19 @@ class Verdict:
     consistent: bool
     n_edits: int = 0
     reason: str = ""
+    no_op: bool = False
+    """The chain applies and changes nothing: never a correction (no prepared pair has source == target)."""
+
+    @property
+    def valid(self) -> bool:
+        """Applies and changes something."""
+        return self.applies and not self.no_op
 
     @property
     def validity(self) -> float:
-        """+1 consistent, 0 applies but gives another text than the written target, -1 otherwise."""
-        return 1.0 if self.consistent else 0.0 if self.applies else -1.0
+        """+1 consistent, 0 applies but gives another text than the written target, -1 otherwise (also
+        for a chain that changes nothing: else copying the source would earn the most)."""
+        return -1.0 if not self.valid else 1.0 if self.consistent else 0.0
 
 
 def check_completion(source: str, text: str) -> Verdict:
@@ -75,4 +83,6 @@ def check_completion(source: str, text: str) -> Verdict:
     except EditError as e:
         return Verdict(True, False, False, len(chain), reason=f"chain does not apply: {e}")
     consistent = edited.strip() == part.target.strip()
+    if edited.strip() == source.strip():
+        return Verdict(True, True, consistent, len(chain), reason="the chain changes nothing", no_op=True)
     return Verdict(True, True, consistent, len(chain), reason="" if consistent else "target differs from the edited source")

@@ -157,6 +157,12 @@ def test_validity_reward_and_discriminator_text():
              Scored("", "We walk.", target, good, ()), Scored("", source, target, "no edits", ())]
     assert validity(items).tolist() == [1.0, 0.0, -1.0, -1.0]
     assert check_completion("We walk.", good).reason.startswith("chain does not apply")
+    # copying the source, with an empty chain or one that replaces a word by itself, is no correction
+    same = completion("<|rep|> 1 shove <|with|> shove", source)
+    copies = [Scored("", source, target, completion("", source), ()), Scored("", source, target, same, ())]
+    assert validity(copies).tolist() == [-1.0, -1.0]
+    assert check_completion(source, same).reason == "the chain changes nothing"
+    assert check_completion(source, completion("", source)).no_op and not check_completion(source, good).no_op
     first, second = discriminator_pair("Be kind.", source, chain, target)
     assert first == "Be kind. I shove him away." and second.endswith("=> I ask him to leave.")
     assert "shove" in second and "<|" not in second  # the chain in plain words for the encoder
