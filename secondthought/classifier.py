@@ -120,7 +120,7 @@ class PairClassifier:
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        self.model.load_state_dict(load_file(folder / "model.safetensors", device=str(self.device)), strict=False)
+        self.model.load_state_dict(load_file(folder / "model.safetensors", device=str(self.device)), strict=True)
         optimizer = folder / "optimizer.pt"
         if optimizer.is_file():
             self.optimizer.load_state_dict(torch.load(optimizer, map_location=self.device, weights_only=True))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import pickle
 import random
 import tempfile
 import time
@@ -73,20 +72,24 @@ def _to_device(batch: Batch, device) -> dict:
             for name in ("input_ids", "attention_mask", "labels")}
 
 
-def _rng_state() -> str:
+def _rng_state() -> dict:
+    """The random generators' states as plain JSON (no pickle: a checkpoint is data, never code)."""
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    return base64.b64encode(pickle.dumps(state)).decode()
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+            "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
 
 
-def _set_rng_state(text: str) -> None:
+def _set_rng_state(state: dict) -> None:
     import torch
 
-    state = pickle.loads(base64.b64decode(text))  # our own file, written by _rng_state
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
 
 
 def _all_reduce(values: list[float], device) -> list[float]:

@@ -152,3 +152,16 @@ def test_worker_death_and_resume_continue_exactly(prepared, tmp_path):
     resumed = steps(failed)
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 5, 6, 7, 8]
     assert resumed[5]["loss"] == pytest.approx(reference[5], rel=1e-4, abs=1e-5)
+
+
+def test_rng_state_round_trips_through_plain_json():
+    import json
+    import random
+
+    from secondthought.sft_worker import _rng_state, _set_rng_state
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3), np.random.randn()  # numpy holds a cached gaussian
+    saved = json.loads(json.dumps(_rng_state()))
+    first = (random.random(), np.random.randn(), torch.rand(1).item())
+    _set_rng_state(saved)
+    assert (random.random(), np.random.randn(), torch.rand(1).item()) == first
