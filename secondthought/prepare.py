@@ -225,6 +225,16 @@ def _chain_stats(histogram: Counter[int]) -> dict:
     }
 
 
+def no_rows_kept(manifest: dict, run: PreparedDir) -> str:
+    """Why a preparation kept nothing: an empty input, or the commonest reason records were left out."""
+    if not manifest["rows_read"]:
+        return f"--data.input holds no records ({', '.join(manifest['inputs'])})"
+    reason, count = next(iter(manifest["quarantine_reasons"].items()))
+    return (f"no record could be used: {count} of {manifest['rows_in']} were left out because of \"{reason}\" "
+            f"(--data.dataset {manifest['dataset']}; wrong columns? see --data.columns; every record and its reason: "
+            f"{run.quarantine})")
+
+
 def reconcile(manifest: dict) -> None:
     """Every record the readers gave is a triple's or quarantined, once: else a bug lost or doubled some."""
     if not manifest["rows_read"] == manifest["rows_in"] == manifest["rows_out"] + manifest["rows_quarantined"]:
@@ -246,6 +256,7 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
     # the inputs and the tokenizer first: a typo in a flag must not cost an earlier result
     started = time.time()
     chunks = datasets.plan(data, prepare.chunk_mb << 20)
+    datasets.check_head(chunks, data)
     tokenizer = load_tokenizer(prepare.tokenizer)
     if run.done and not overwrite:
         claim(out, "prepared", done_file=MANIFEST)  # refuses a folder that is not ours
@@ -303,5 +314,7 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
         "rows_per_second": round(totals["records_in"] / elapsed, 1) if elapsed else None,
     }
     reconcile(manifest)
+    if not manifest["rows_out"]:
+        raise ConfigError(no_rows_kept(manifest, run))
     write_json(run.manifest_file, manifest)  # last: marks the stage done
     return manifest

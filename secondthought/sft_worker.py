@@ -33,7 +33,14 @@ from secondthought.config import SFTConfig
 from secondthought.models import export_hf
 from secondthought.runs import FAULT_MARKER
 from secondthought.tracking import Tracker
-from secondthought.training import STATE, deepspeed_files_complete, engine_config, inject_fault, newest_checkpoint
+from secondthought.training import (
+    STATE,
+    deepspeed_files_complete,
+    engine_config,
+    has_optimizer_shards,
+    inject_fault,
+    newest_checkpoint,
+)
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
 """Dense bf16 peak of common accelerators, for the MFU estimate."""
@@ -127,10 +134,10 @@ def _export(engine, cfg: SFTConfig, base_dir: Path, dest: Path, rank: int) -> No
         export_hf(engine.module, state_dict, base_dir, dest)
 
 
-def _complete(checkpoint: Path, world: int) -> bool:
+def _complete(checkpoint: Path, world: int, cfg: SFTConfig) -> bool:
     """Every rank wrote its RNG state and its DeepSpeed shard."""
     ranks_done = all((checkpoint / f"rng-{r}.json").is_file() for r in range(world))
-    return ranks_done and deepspeed_files_complete(checkpoint / "engine", world)
+    return ranks_done and deepspeed_files_complete(checkpoint / "engine", world, has_optimizer_shards(cfg))
 
 
 def _checkpoint(engine, state: TrainState, metrics: dict, rank: int) -> None:
@@ -181,7 +188,7 @@ def train_loop_per_worker(config: dict) -> None:
                                                                         cfg.lr, cfg.max_grad_norm, cfg.weight_decay,
                                                                         cfg.offload_optimizer, cfg.offload_params))
     state = TrainState()
-    checkpoint = newest_checkpoint(Path(plan["checkpoints"]), "step", lambda c: _complete(c, world))
+    checkpoint = newest_checkpoint(Path(plan["checkpoints"]), "step", lambda c: _complete(c, world, cfg))
     if checkpoint:
         with ray.train.Checkpoint.from_directory(str(checkpoint)).as_directory() as folder:
             engine.load_checkpoint(folder, tag="engine")
@@ -201,7 +208,7 @@ def train_loop_per_worker(config: dict) -> None:
     peak = cfg.peak_tflops or next((v for k, v in PEAK_TFLOPS.items()
                                     if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
     window_started, window_tokens, window_padded, window_loss, window_micro = time.time(), 0, 0, 0.0, 0
-    stop = state.step >= total
+    stop = state.step >= total or state.stopped_early  # a restart after an early stop only finishes the run
     while not stop and state.epoch < cfg.epochs:
         batches = bucketed(rows_of_rank(_rows(train_shard, cut), rank, world), cfg.micro_batch_size,
                            cfg.bucket_window, cfg.seed, state.epoch, cfg.grad_accum)

@@ -39,11 +39,19 @@ def engine_config(cfg: EngineConfig, micro_batch_size: int, grad_accum: int, lr:
     return config
 
 
-def deepspeed_files_complete(folder: Path, world: int) -> bool:
-    """A DeepSpeed checkpoint (tag folder) holds the model states and one optimizer shard per rank."""
+def deepspeed_files_complete(folder: Path, world: int, optimizer_shards: bool = True) -> bool:
+    """A DeepSpeed checkpoint (tag folder) holds the model states and, with ``optimizer_shards``, one
+    optimizer shard per rank. Without ZeRO (stage 0) in fp32 there are no shards: the optimizer state is
+    inside the model states file (see ``has_optimizer_shards``)."""
     if not folder.is_dir():
         return False
-    return len(list(folder.glob("*optim_states.pt"))) == world and any(folder.glob("*model_states.pt"))
+    shards = len(list(folder.glob("*optim_states.pt")))
+    return (shards == world if optimizer_shards else True) and any(folder.glob("*model_states.pt"))
+
+
+def has_optimizer_shards(cfg: EngineConfig) -> bool:
+    """Whether DeepSpeed writes per-rank optimizer files: with ZeRO, or with its bf16 optimizer."""
+    return cfg.zero_stage > 0 or cfg.bf16()
 
 
 def newest_checkpoint(folder: Path, progress: str, complete: Callable[[Path], bool] = lambda _: True) -> Path | None:

@@ -14,7 +14,7 @@ from secondthought.rl.experience import Sample, collate, padded, shards, unpadde
 from secondthought.inference import SamplingParams, next_tokens, sample
 from secondthought.rl.placement import plan as placement
 from secondthought.rl.prompts import Prompts
-from secondthought.rl.reward import Scored, discriminator_pair, validity
+from secondthought.rl.reward import Scored, discriminator_pair, reverse_negative, validity
 
 T = torch.tensor
 
@@ -165,6 +165,10 @@ def test_validity_reward_and_discriminator_text():
     assert check_completion(source, completion("", source)).no_op and not check_completion(source, good).no_op
     first, second = discriminator_pair("Be kind.", source, chain, target)
     assert first == "Be kind. I shove him away." and second.endswith("=> I ask him to leave.")
+    # a reversed chain's negative starts like the positive of the same triple: only the edits differ
+    back = serialize(compute_edits(target, source))
+    negative = reverse_negative("Be kind.", target, back, source)
+    assert negative[0] == first and negative[1].endswith("=> I shove him away.") and negative[1] != second
     assert "shove" in second and "<|" not in second  # the chain in plain words for the encoder
 
 

@@ -165,3 +165,28 @@ def test_rng_state_round_trips_through_plain_json():
     first = (random.random(), np.random.randn(), torch.rand(1).item())
     _set_rng_state(saved)
     assert (random.random(), np.random.randn(), torch.rand(1).item()) == first
+
+
+def test_zero0_fp32_resumes_and_an_early_stop_stays_stopped(prepared, tmp_path):
+    """Without ZeRO, fp32 checkpoints have no optimizer shards: they must still count as complete."""
+    config = dict(TINY, zero_stage=0, epochs=1, max_steps=4, eval_every=2, max_eval_rows=32)
+    failed = tmp_path / "failed"
+    with pytest.raises(ray.train.TrainingFailedError):
+        run_sft(prepared, SFTConfig(**config, fault_injection_step=3, max_failures=0), RayConfig(), failed)
+    run_sft(prepared, SFTConfig(**config, fault_injection_step=3), RayConfig(), failed, resume=True)
+    assert [r["step"] for r in steps(failed)] == [1, 2, 3, 3, 4]  # continued from step 2, not from 0
+
+    # Diverging on purpose (lr 5): the second evaluation is worse and patience 1 stops the run.
+    stopped = tmp_path / "stopped"
+    summary = run_sft(prepared, SFTConfig(**dict(config, lr=5.0, max_steps=8, eval_every=1), patience=1),
+                      RayConfig(), stopped)
+    assert summary["stopped_early"] and summary["steps"] < 8
+    with pytest.raises(ConfigError, match="finished run: nothing to resume"):
+        run_sft(prepared, SFTConfig(**dict(config, lr=5.0, max_steps=8, eval_every=1), patience=1), RayConfig(),
+                stopped, resume=True)
+    # a crash after the stop and before the summary: the restart finishes without training on
+    (stopped / "summary.json").unlink()
+    logged = len(steps(stopped))
+    run_sft(prepared, SFTConfig(**dict(config, lr=5.0, max_steps=8, eval_every=1), patience=1), RayConfig(), stopped,
+            resume=True)
+    assert len(steps(stopped)) == logged

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import glob
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -67,7 +69,21 @@ def input_files(cfg: DataConfig) -> list[str]:
 
 def plan(cfg: DataConfig, chunk_bytes: int) -> list[Chunk]:
     adapter = get_adapter(cfg.dataset)
+    if cfg.dataset == "generic":
+        generic.columns_of(cfg)
     return plan_chunks(input_files(cfg), cfg.format or adapter.format, chunk_bytes, adapter.header)
+
+
+def check_head(chunks: list[Chunk], cfg: DataConfig, records: int = 200) -> None:
+    """Fail fast, before any Ray work, when the input's first records give no triple at all: the wrong
+    --data.dataset or --data.columns, or an empty input. (Bad records further down are quarantined.)"""
+    items = list(islice(triples(chunks[0], cfg), records))
+    if not items and len(chunks) == 1:
+        raise ConfigError(f"--data.input {chunks[0].path} holds no records")
+    if items and not any(isinstance(i, Triple) for i in items):
+        reason, count = Counter(i.reason for i in items).most_common(1)[0]
+        raise ConfigError(f"--data.input {chunks[0].path}: none of its first {len(items)} records makes a triple for "
+                          f"--data.dataset {cfg.dataset}; {count} of them: {reason}")
 
 
 def triples(chunk: Chunk, cfg: DataConfig, read: list[int] | None = None) -> Iterator[Triple | Rejected]:

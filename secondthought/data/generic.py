@@ -7,10 +7,10 @@ from typing import Iterator
 
 from secondthought.config import ConfigError, DataConfig
 from secondthought.data.records import RawRecord
-from secondthought.data.schema import MissingField, Rejected, Triple, normalize_split, text_field
+from secondthought.data.schema import MissingField, Rejected, Triple, id_field, normalize_split, text_field
 
 
-def _columns(cfg: DataConfig) -> dict[str, str]:
+def columns_of(cfg: DataConfig) -> dict[str, str]:
     unknown = set(cfg.columns) - {"id", "context", "source", "target", "split"}
     if unknown or not {"source", "target"} <= set(cfg.columns):
         raise ConfigError(
@@ -21,14 +21,14 @@ def _columns(cfg: DataConfig) -> dict[str, str]:
 
 
 def adapt(records: Iterator[RawRecord], cfg: DataConfig) -> Iterator[Triple | Rejected]:
-    columns = _columns(cfg)
+    columns = columns_of(cfg)
     context_columns = [c.strip() for c in columns.get("context", "").split(",") if c.strip()]
     for record in records:
         try:
             source = text_field(record, columns["source"])
             target = text_field(record, columns["target"])
             context = " ".join(text_field(record, c).strip() for c in context_columns)
-            record_id = (text_field(record, columns["id"], required=False) if "id" in columns else "") or (
+            record_id = (id_field(record, columns["id"]) if "id" in columns else "") or (
                 f"{Path(record.file).stem}:{record.line}"
             )
             split = text_field(record, columns["split"], required=False) if "split" in columns else None

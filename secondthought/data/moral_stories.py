@@ -7,7 +7,7 @@ from typing import Iterator
 
 from secondthought.config import DataConfig
 from secondthought.data.records import RawRecord
-from secondthought.data.schema import MissingField, Rejected, Triple, normalize_split, text_field
+from secondthought.data.schema import MissingField, Rejected, Triple, id_field, normalize_split, text_field
 
 
 def adapt(records: Iterator[RawRecord], cfg: DataConfig, dataset: str = "moral-stories") -> Iterator[Triple | Rejected]:
@@ -21,7 +21,7 @@ def adapt(records: Iterator[RawRecord], cfg: DataConfig, dataset: str = "moral-s
             if cfg.with_consequences:
                 moral = f"{moral} {text_field(record, 'moral_consequence')}"
                 immoral = f"{immoral} {text_field(record, 'immoral_consequence')}"
-            record_id = text_field(record, "ID", required=False) or f"{Path(record.file).stem}:{record.line}"
+            record_id = id_field(record, "ID") or f"{Path(record.file).stem}:{record.line}"
         except MissingField as e:
             yield Rejected.of(record, str(e))
             continue

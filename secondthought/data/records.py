@@ -8,11 +8,14 @@ JSONL files are split into line-aligned byte ranges (chunks) that are read in pa
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from secondthought.config import ConfigError
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
 _RAW_SHOWN = 1000
@@ -55,7 +58,8 @@ def format_of(path: str) -> str:
                           "parquet": (".parquet", ".pq")}.items():
         if name.endswith(suffixes):
             return fmt
-    raise ValueError(f"cannot tell the format of {path}: name it with --data.format (one of {', '.join(FORMATS)})")
+    raise ConfigError(f"--data.input {path}: cannot tell its format from the name: give --data.format (one of "
+                      f"{', '.join(FORMATS)})")
 
 
 def plan_chunks(paths: list[str], fmt: str | None, chunk_bytes: int, header: bool = True) -> list[Chunk]:
@@ -63,7 +67,7 @@ def plan_chunks(paths: list[str], fmt: str | None, chunk_bytes: int, header: boo
     chunks: list[Chunk] = []
     for path in paths:
         kind = fmt or format_of(path)
-        if kind != "jsonl":
+        if kind != "jsonl" or path.endswith(".gz"):  # a compressed file is read whole, by one task
             chunks.append(Chunk(path, kind, header=header))
             continue
         start, line = 0, 1
@@ -85,10 +89,22 @@ def _shown(text: str) -> str:
     return text if len(text) <= _RAW_SHOWN else text[:_RAW_SHOWN] + "..."
 
 
+def _open_text(path: str):
+    """A text file (gzip-compressed when its name ends in .gz); a byte-order mark is dropped."""
+    opener = gzip.open if path.endswith(".gz") else open
+    return opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
 def _jsonl(chunk: Chunk) -> Iterator[RawRecord]:
-    with open(chunk.path, "rb") as f:
-        f.seek(chunk.start)
-        data = f.read(chunk.end - chunk.start)
+    if chunk.path.endswith(".gz"):
+        with gzip.open(chunk.path, "rb") as f:
+            data = f.read()
+    else:
+        with open(chunk.path, "rb") as f:
+            f.seek(chunk.start)
+            data = f.read(chunk.end - chunk.start)
+    if chunk.start == 0:
+        data = data.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark
     for offset, line_bytes in enumerate(data.split(b"\n")):
         line_bytes = line_bytes.removesuffix(b"\r")
         if not line_bytes.strip():
@@ -114,7 +130,7 @@ def _jsonl(chunk: Chunk) -> Iterator[RawRecord]:
 def _delimited(chunk: Chunk) -> Iterator[RawRecord]:
     delimiter = "\t" if chunk.format == "tsv" else ","
     csv.field_size_limit(1 << 26)
-    with open(chunk.path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+    with _open_text(chunk.path) as f:
         reader = csv.reader(f, delimiter=delimiter)
         names: list[str] | None = None
         previous_end = 0

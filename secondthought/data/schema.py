@@ -68,6 +68,16 @@ def text_field(record: RawRecord, name: str, required: bool = True) -> str:
     return value
 
 
+def id_field(record: RawRecord, name: str) -> str:
+    """An optional id: text, or a whole number (JSON and Parquet ids are often numbers)."""
+    value = record.fields.get(name) if record.fields else None
+    if isinstance(value, bool):
+        raise MissingField(f"field '{name}' is bool, not an id")
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return str(int(value))
+    return text_field(record, name, required=False).strip()
+
+
 def normalize_split(value: str | None) -> str | None:
     return _SPLIT_NAMES.get(value.strip().lower()) if value else None
 

@@ -28,7 +28,14 @@ from secondthought.rl.experience import Sample, shards
 from secondthought.rl.group import ActorGroup, retrying
 from secondthought.rl.placement import Placement
 from secondthought.rl.prompts import Prompts, load_prompts
-from secondthought.rl.reward import Scored, completion_pair, discriminator_pair, load_reward_function, validity
+from secondthought.rl.reward import (
+    Scored,
+    completion_pair,
+    discriminator_pair,
+    load_reward_function,
+    reverse_negative,
+    validity,
+)
 from secondthought.runs import PreparedDir, TrainingDir, model_folder, read_model_info, write_model_info
 from secondthought.runtime import ray_session
 from secondthought.tracking import Tracker, figure, label, read_metrics
@@ -165,7 +172,7 @@ class RLRun:
         policy = [completion_pair(item) for item in items]
         if reverse:
             half = len(gold) // 2
-            negatives = policy[:half] + [discriminator_pair(*r) for r in reverse[: len(gold) - half]]
+            negatives = policy[:half] + [reverse_negative(*r) for r in reverse[: len(gold) - half]]
         else:
             negatives = policy
         return self.discriminator.run("update", gold, negatives, self.cfg.disc_steps, self.cfg.seed + iteration)[0]
@@ -277,6 +284,8 @@ def run_rl(prepared: str | Path, policy: str | Path, cfg: RLConfig, ray_cfg: Ray
     """Refine ``policy`` (an SFT model folder) on the prompts of ``prepared``; returns the summary."""
     policy = model_folder(policy, "--policy")
     prepared = PreparedDir.open(prepared)
+    if cfg.reward not in ("adversarial", "validity"):
+        load_reward_function(cfg.reward)  # a reward that does not import fails here, before any Ray work
     run_dir = TrainingDir.start(out, asdict(cfg), resume, overwrite)
     started = time.time()
     with ray_session(ray_cfg):

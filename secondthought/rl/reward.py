@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from secondthought.config import ConfigError
 from secondthought.edits import EditError, decipher, parse
 from secondthought.formatting import check_completion, split_completion
 
@@ -41,6 +42,13 @@ def discriminator_pair(context: str, source: str, chain_text: str, target: str) 
     return f"{context} {source}".strip(), f"{render_chain(chain_text)} => {target}"
 
 
+def reverse_negative(context: str, aligned: str, reverse_chain: str, unaligned: str) -> tuple[str, str]:
+    """A negative from a reversed chain (aligned -> unaligned): shown after the unaligned text, like every
+    positive and policy sample, so that only the edits and their result tell it apart (shown after the
+    aligned text, it could be told apart by its first segment alone)."""
+    return discriminator_pair(context, unaligned, reverse_chain, unaligned)
+
+
 def completion_pair(item: Scored) -> tuple[str, str]:
     part = split_completion(item.text)
     return discriminator_pair(item.context, item.source, part.chain_text, part.target)
@@ -56,7 +64,7 @@ def load_reward_function(spec: str) -> Callable[[Sequence[Scored]], Sequence[flo
     try:
         function = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"--rl.reward {spec!r}: cannot import {name!r} from {module_name!r} ({e})") from None
+        raise ConfigError(f"--rl.reward {spec!r}: cannot import {name!r} from {module_name!r} ({e})") from None
     if not callable(function):
-        raise ValueError(f"--rl.reward {spec!r} is not a function")
+        raise ConfigError(f"--rl.reward {spec!r} is not a function")
     return function
