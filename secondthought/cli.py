@@ -217,9 +217,19 @@ def run(argv: list[str] | None = None) -> int:
     previous = interrupt_on_sigterm()  # a stopped run still shuts down its Ray
     try:
         command.run(args, {s: SECTIONS[s](**args[s].as_dict()) for s in command.sections})
-    except ConfigError as e:
-        print(f"secondthought {name}: error: {e}", file=sys.stderr)
+    except ConfigError as e:  # also one raised in a Ray task: its cause is the error itself
+        print(f"secondthought {name}: error: {getattr(e, 'cause', None) or e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        cause = getattr(e, "cause", None)
+        ray = sys.modules.get("ray")
+        if cause is None or ray is None or not isinstance(e, ray.exceptions.RayError):
+            raise
+        # the error as raised in the task or actor, with its own last frames, not Ray's wrapping of it
+        remote = str(getattr(e, "traceback_str", "")).strip().splitlines()[-12:]
+        print("\n".join([*remote, f"secondthought {name}: error in a Ray task: {type(cause).__name__}: {cause}"]),
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"secondthought {name}: interrupted", file=sys.stderr)
         return 130

@@ -3,6 +3,7 @@ and inputs that only look odd (gzip, a byte-order mark, numeric ids) are read.""
 
 import gzip
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -96,3 +97,26 @@ def test_a_preparation_that_keeps_no_row_fails_naming_the_reason(ray_local, tmp_
                         "moral-stories", "--data.input", str(path), "--prepare.max_tokens", "8"], capsys)
     assert "no record could be used: 5 of 5 were left out" in message and "> max_tokens 8" in message
     assert (tmp_path / "out" / "quarantine.jsonl").is_file() and not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_errors_of_ray_tasks_are_reported_as_their_cause(monkeypatch, capsys):
+    import ray.exceptions
+
+    from secondthought import cli
+    from secondthought.config import ConfigError
+
+    def failing(error):
+        def command(args, sections):
+            raise ray.exceptions.RayTaskError("generate", "Traceback (most recent call last):\n  ...\n", error
+                                              ).as_instanceof_cause()
+        return command
+
+    edits = cli.COMMANDS["edits"]
+    monkeypatch.setitem(cli.COMMANDS, "edits", replace(edits, run=failing(ConfigError("--eval.judge 'x' is not an encoder"))))
+    assert run(["edits", "a", "b"]) == 2
+    assert capsys.readouterr().err.strip() == "secondthought edits: error: --eval.judge 'x' is not an encoder"
+    monkeypatch.setitem(cli.COMMANDS, "edits", replace(edits, run=failing(ZeroDivisionError("division by zero"))))
+    assert run(["edits", "a", "b"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "secondthought edits: error in a Ray task: ZeroDivisionError: division by zero"
+    assert len(err) < 15
