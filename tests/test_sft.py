@@ -11,8 +11,6 @@ import torch
 
 from secondthought.batching import Row, bucketed, collate, lr_factor, micro_batches_per_epoch, rows_of_rank
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig, SFTConfig
-from secondthought.edits import EditFormatError, parse
-from secondthought.formatting import prompt, split_completion
 from secondthought.prepare import run_prepare
 from secondthought.sft import run_sft
 from tests.conftest import shared_file
@@ -109,19 +107,16 @@ def test_loss_goes_down_on_moral_stories_zero3_and_export_generates(prepared, tm
     assert (out / "loss.png").stat().st_size > 10_000
     assert list((out / "tensorboard").iterdir())
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    # The exported model is the trained one: its loss on training chains is far below the base model's.
+    from secondthought.models import load_model
+    from secondthought.runs import PreparedDir
 
-    model = AutoModelForCausalLM.from_pretrained(out / "model", use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(out / "model")
-    ids = tokenizer(prompt("You should be kind.", "Tom kicks the dog."), return_tensors="pt").input_ids
+    rows, _ = PreparedDir(prepared).first_chains("train", [])
+    batch = collate([Row(np.asarray(r["input_ids"]), len(r["prompt_ids"])) for r in rows[:8]], 0, True)
+    inputs = {k: torch.from_numpy(getattr(batch, k)) for k in ("input_ids", "attention_mask", "labels")}
     with torch.no_grad():
-        generated = model.generate(ids, max_new_tokens=24, do_sample=False)
-    text = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=False)
-    try:
-        parse(split_completion(text.removesuffix(tokenizer.eos_token)).chain_text)
-    except EditFormatError as e:  # a tiny model writes what it writes; the error must say where
-        assert "character" in str(e)
-    assert isinstance(split_completion(text).target, str)
+        trained, base = (float(load_model(out / name).eval()(**inputs).loss) for name in ("model", "base"))
+    assert trained < base - 2.0, (trained, base)
 
 
 def test_worker_death_and_resume_continue_exactly(prepared, tmp_path):
