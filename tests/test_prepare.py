@@ -111,3 +111,21 @@ def test_a_record_an_adapter_loses_is_caught_by_the_independent_count(tmp_path, 
     assert lossy["rows_read"] == 10 and lossy["rows_in"] == 9
     with pytest.raises(RuntimeError, match="prepare lost records: the readers gave 10, 9"):
         reconcile(lossy)
+
+
+def test_the_judge_never_sees_what_rl_trains_on(ray_local, tmp_path):
+    """The judge's training triples and the RL stage's prompts and discriminator negatives are disjoint
+    halves of the training split."""
+    from secondthought.data.schema import judge_held_out
+    from secondthought.evaluate import _triples
+    from secondthought.rl.prompts import load_prompts
+    from secondthought.runs import PreparedDir
+
+    run_prepare(DataConfig(dataset="sample"), PrepareConfig(cost_sets=[(1, 1, 1)]), RayConfig(), tmp_path / "p",
+                progress=False)
+    prepared = PreparedDir(tmp_path / "p")
+    train = {r.id for r in _triples(prepared, "train")}
+    judge = {r.id for r in _triples(prepared, "train") if judge_held_out(r.id)}
+    prompts = load_prompts(prepared)
+    assert judge and prompts.ids and not judge & set(prompts.ids) and judge | set(prompts.ids) == train
+    assert prompts.reverse and set(prompts.reverse) <= set(prompts.ids)
