@@ -164,9 +164,8 @@ class TrainingDir:
         started = run.path.is_dir() and any(run.path.iterdir())
         if started and not overwrite:
             claim(run.path, "training", done_file=SUMMARY)  # refuses a folder that is not ours
-            if run.done:
-                raise ConfigError(f"{run.path} already holds a finished run{': nothing to resume' if resume else ''}"
-                                  ": pass --overwrite to run again")
+            if run.done and not resume:  # (rl --resume with more iterations extends a finished run)
+                raise ConfigError(f"{run.path} already holds a finished run: pass --overwrite to run again")
             if not resume:
                 raise ConfigError(f"{run.path} holds an unfinished run: pass --resume to continue it or --overwrite")
         claim(run.path, "training", replace=overwrite, done_file=SUMMARY)
