@@ -58,14 +58,18 @@ def judge_spec(cfg: EvalConfig) -> JudgeSpec:
 def prepare_judge(prepared: PreparedDir, cfg: EvalConfig) -> dict:
     """The judge for this data and these settings: trained on the held-out training triples, or the one an
     earlier evaluation of the same prepared data trained (``prepared/judges/``)."""
-    train = [r for r in _triples(prepared, "train") if judge_held_out(r.id)][: cfg.judge_max_rows]
-    if len(train) < 2:
-        raise ConfigError(f"{prepared.path} has {len(train)} training triples held out for the judge: too few to "
-                          "train it")
-    folder, reused = cached(judge_spec(cfg), prepared.fingerprint(), prepared.judges, Labelled.of_triples(train))
+    def held_out() -> Labelled:  # read only when the judge is not cached
+        train = [r for r in _triples(prepared, "train") if judge_held_out(r.id)][: cfg.judge_max_rows]
+        if len(train) < 2:
+            raise ConfigError(f"{prepared.path} has {len(train)} training triples held out for the judge: too few "
+                              "to train it")
+        return Labelled.of_triples(train)
+
+    folder, reused = cached(judge_spec(cfg), prepared.fingerprint(), prepared.judges, held_out)
     print(f"judge: {'reusing' if reused else 'trained'} {folder}", flush=True)
-    return {"folder": str(folder), "reused": reused, "kind": cfg.judge_kind, "train_triples": len(train),
-            "train_seconds": Judge.read_info(folder)["seconds"]}
+    info = Judge.read_info(folder)
+    return {"folder": str(folder), "reused": reused, "kind": cfg.judge_kind, "train_triples": info["train_pairs"] // 2,
+            "train_seconds": info["seconds"]}
 
 
 def generate(name: str, model_dir: str, rows: list[EvalRow], max_new_tokens: int, batch_size: int) -> list[Output]:

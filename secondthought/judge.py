@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -188,17 +188,17 @@ class Judge:
         return 1 / (1 + np.exp(-logits))
 
 
-def cached(spec: JudgeSpec, data_fingerprint: str, cache: Path, data: Labelled,
+def cached(spec: JudgeSpec, data_fingerprint: str, cache: Path, data: Callable[[], Labelled],
            progress: bool = True) -> tuple[Path, bool]:
-    """The folder of the judge ``spec`` trained on this data: from ``cache`` when an earlier run trained it,
-    else trained now. Returns (folder, reused). Concurrent trainers cannot leave a half-written judge:
+    """The folder of the judge ``spec`` trained on ``data()`` (read only when it must be trained): from ``cache``
+    when an earlier run trained it, else trained now. Returns (folder, reused). Concurrent trainers cannot leave a half-written judge:
     each trains in its own folder and renames it into place."""
     folder = cache / f"{spec.kind}-{spec.key(data_fingerprint)}"
     if (folder / SETTINGS).is_file():
         return folder, True
     scratch = cache / f".{folder.name}.{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
-    train(spec, data, scratch, progress)
+    train(spec, data(), scratch, progress)
     try:
         scratch.rename(folder)
     except OSError:  # another run finished the same judge first

@@ -44,14 +44,14 @@ def test_finetuned_judge_lowers_its_loss_and_reloads(tmp_path):
 def test_a_judge_is_trained_once_per_data_and_settings(tmp_path):
     data = Labelled.of_triples(moral_stories(6))
     spec = JudgeSpec(kind="frozen", encoder="tiny-bert")
-    first, reused = cached(spec, "data-a", tmp_path, data, progress=False)
+    first, reused = cached(spec, "data-a", tmp_path, lambda: data, progress=False)
     assert not reused
     trained_at = (first / "judge.json").stat().st_mtime_ns
-    again, reused = cached(spec, "data-a", tmp_path, data, progress=False)
+    again, reused = cached(spec, "data-a", tmp_path, lambda: data, progress=False)
     assert reused and again == first and (first / "judge.json").stat().st_mtime_ns == trained_at
-    other_data, reused_a = cached(spec, "data-b", tmp_path, data, progress=False)
+    other_data, reused_a = cached(spec, "data-b", tmp_path, lambda: data, progress=False)
     other_cap, reused_b = cached(JudgeSpec(kind="frozen", encoder="tiny-bert", max_train_rows=4), "data-a",
-                                 tmp_path, data, progress=False)
+                                 tmp_path, lambda: data, progress=False)
     assert not reused_a and not reused_b and len({first, other_data, other_cap}) == 3
     # settings that only the fine-tuned judge uses do not make a frozen judge new
     assert JudgeSpec(kind="frozen", lr=1.0).key("d") == JudgeSpec(kind="frozen").key("d")
