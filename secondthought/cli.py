@@ -7,11 +7,17 @@ switch is set).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsing_settings
@@ -26,6 +32,8 @@ from secondthought.config import (
     SFTConfig,
     TransferConfig,
 )
+from secondthought.console import captured, say
+from secondthought.runs import MARKER
 from secondthought.runtime import interrupt_on_sigterm, loopback_only
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -38,6 +46,9 @@ OUT = ("--out", dict(required=True, help="output directory"))
 RESUME = ("--resume", dict(type=bool, default=False, help="continue an unfinished run from its latest checkpoint"))
 OVERWRITE = ("--overwrite", dict(type=bool, default=False, help="replace an earlier run in --out"))
 PROGRESS = ("--progress", dict(type=bool, default=True, help="show progress bars"))
+VERBOSE = ("--verbose", dict(type=bool, default=False,
+                             help="show everything on the terminal (Ray, DeepSpeed, transformers, the workers' output), "
+                                  "not only the project's progress and errors; the full log is written either way"))
 
 
 def _prepare(args: Namespace, s: dict) -> None:
@@ -47,21 +58,21 @@ def _prepare(args: Namespace, s: dict) -> None:
                            progress=args.progress)
     shown = {k: manifest[k] for k in ("rows_in", "rows_out", "rows_quarantined", "chains_out", "quarantine_reasons",
                                       "seconds", "rows_per_second")}
-    print(json.dumps(shown, indent=2))
-    print(f"wrote {args.out}/data/, {args.out}/manifest.json, {args.out}/quarantine.jsonl")
+    say(json.dumps(shown, indent=2))
+    say(f"wrote {args.out}/data/, {args.out}/manifest.json, {args.out}/quarantine.jsonl")
 
 
 def _sft(args: Namespace, s: dict) -> None:
     from secondthought.sft import run_sft
 
-    print(json.dumps(run_sft(args.prepared, s["sft"], s["ray"], args.out, resume=args.resume,
+    say(json.dumps(run_sft(args.prepared, s["sft"], s["ray"], args.out, resume=args.resume,
                              overwrite=args.overwrite), indent=2))
 
 
 def _rl(args: Namespace, s: dict) -> None:
     from secondthought.rl.driver import run_rl
 
-    print(json.dumps(run_rl(args.prepared, args.policy, s["rl"], s["ray"], args.out, resume=args.resume,
+    say(json.dumps(run_rl(args.prepared, args.policy, s["rl"], s["ray"], args.out, resume=args.resume,
                             overwrite=args.overwrite), indent=2))
 
 
@@ -72,22 +83,22 @@ def _eval(args: Namespace, s: dict) -> None:
     from secondthought.runs import ReportDir
 
     report = run_eval(args.prepared, args.models, args.base, s["eval"], s["ray"], args.out)
-    print(ReportDir(Path(args.out)).markdown.read_text().split("## Examples")[0])
-    print(f"wrote {args.out}/report.json, report.md, metrics.png (judge held-out accuracy "
+    say(ReportDir(Path(args.out)).markdown.read_text().split("## Examples")[0])
+    say(f"wrote {args.out}/report.json, report.md, metrics.png (judge held-out accuracy "
           f"{report['judge']['held_out_accuracy']:.3f})")
 
 
 def _transfer(args: Namespace, s: dict) -> None:
     from secondthought.transfer import run_transfer
 
-    print(json.dumps(run_transfer(args.model, s["data"], s["transfer"], s["eval"], s["ray"], args.out,
+    say(json.dumps(run_transfer(args.model, s["data"], s["transfer"], s["eval"], s["ray"], args.out,
                                   base=args.base), indent=2))
 
 
 def _pipeline(args: Namespace, s: dict) -> None:
     from secondthought.pipeline import describe, run_pipeline
 
-    print(describe(run_pipeline(s["data"], s["prepare"], s["sft"], s["rl"], s["eval"], s["ray"], args.out,
+    say(describe(run_pipeline(s["data"], s["prepare"], s["sft"], s["rl"], s["eval"], s["ray"], args.out,
                                 progress=args.progress, baseline=args.baseline)))
 
 
@@ -203,6 +214,8 @@ def build_parser() -> ArgumentParser:
             sub.add_class_arguments(SECTIONS[section], section, fail_untyped=True, sub_configs=True)
         for flag, options in command.arguments:
             sub.add_argument(flag, **options)
+        if "ray" in command.sections:
+            sub.add_argument(VERBOSE[0], **VERBOSE[1])
         subcommands.add_subcommand(name, sub, help=command.help)
     return parser
 
@@ -214,29 +227,59 @@ def run(argv: list[str] | None = None) -> int:
     command = COMMANDS[name]
     if "ray" in command.sections and not args.ray.address:
         loopback_only()  # before anything imports Ray
+    log = _new_log(name) if "ray" in command.sections else None
     previous = interrupt_on_sigterm()  # a stopped run still shuts down its Ray
+    error, code = None, 0
     try:
-        command.run(args, {s: SECTIONS[s](**args[s].as_dict()) for s in command.sections})
+        with captured(log, args.verbose) if log else contextlib.nullcontext():
+            if log:
+                say(f"secondthought {name}: full log in {log}")
+            command.run(args, {s: SECTIONS[s](**args[s].as_dict()) for s in command.sections})
     except ConfigError as e:  # also one raised in a Ray task: its cause is the error itself
-        print(f"secondthought {name}: error: {getattr(e, 'cause', None) or e}", file=sys.stderr)
-        return 2
+        error, code = f"secondthought {name}: error: {getattr(e, 'cause', None) or e}", 2
+    except KeyboardInterrupt:
+        error, code = f"secondthought {name}: interrupted", 130
     except Exception as e:
         cause = getattr(e, "cause", None)
         ray = sys.modules.get("ray")
         if cause is None or ray is None or not isinstance(e, ray.exceptions.RayError):
+            if log:
+                print(f"secondthought {name}: failed; full log in {_keep(log, args.get('out'), name)}", file=sys.stderr)
             raise
         # the error as raised in the task or actor, with its own last frames, not Ray's wrapping of it
         remote = str(getattr(e, "traceback_str", "")).strip().splitlines()[-12:]
-        print("\n".join([*remote, f"secondthought {name}: error in a Ray task: {type(cause).__name__}: {cause}"]),
-              file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"secondthought {name}: interrupted", file=sys.stderr)
-        return 130
+        error, code = "\n".join([*remote, f"secondthought {name}: error in a Ray task: {type(cause).__name__}: {cause}"]), 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return 0
+    if log:
+        kept = _keep(log, args.get("out"), name)
+        if code == 2 and kept == log:  # refused before any work: its log says nothing more than the error
+            kept.unlink()
+        else:
+            error = f"{error}\nfull log: {kept}" if error else None
+            if not error:
+                say(f"full log: {kept}")
+    if error:
+        print(error, file=sys.stderr)
+    return code
+
+
+def _new_log(command: str) -> Path:
+    fd, path = tempfile.mkstemp(prefix=f"secondthought-{command}-", suffix=".log")
+    os.close(fd)
+    return Path(path)
+
+
+def _keep(log: Path, out: str | None, command: str) -> Path:
+    """The log, moved into the run directory ``out`` when the command made it ours (else left where it is)."""
+    if not log.is_file() or not out or not (Path(out) / MARKER).is_file():
+        return log
+    logs = Path(out) / "logs"
+    logs.mkdir(exist_ok=True)
+    dest = logs / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    shutil.move(log, dest)
+    return dest
 
 
 def main() -> None:

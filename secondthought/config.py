@@ -278,7 +278,8 @@ class RLConfig(EngineConfig):
     fault_injection_iteration: Optional[int] = None
     """Testing fault tolerance: an actor (see --rl.fault_injection_actor) exits abruptly, once, in this iteration."""
     fault_injection_actor: str = "rollout"
-    """rollout (worker 0, while generating) or learner (rank 0, while learning)."""
+    """rollout (worker 0, while generating), reference (while scoring), learner (rank 0, while learning) or
+    discriminator (while updating)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -309,7 +310,8 @@ class RLConfig(EngineConfig):
         if self.prompts_per_iteration % self.minibatch_size:
             raise ConfigError(f"--rl.prompts_per_iteration {self.prompts_per_iteration} must be a multiple of "
                               f"--rl.minibatch_size {self.minibatch_size}")
-        _choice("--rl.fault_injection_actor", self.fault_injection_actor, ("rollout", "learner"))
+        _choice("--rl.fault_injection_actor", self.fault_injection_actor,
+                ("rollout", "reference", "learner", "discriminator"))
 
 
 @dataclass

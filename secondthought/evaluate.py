@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from secondthought import console
 from secondthought.config import ConfigError, EvalConfig, RayConfig
 from secondthought.data.schema import judge_held_out
 from secondthought.formatting import Verdict
@@ -66,7 +67,6 @@ def prepare_judge(prepared: PreparedDir, cfg: EvalConfig) -> dict:
         return Labelled.of_triples(train)
 
     folder, reused = cached(judge_spec(cfg), prepared.fingerprint(), prepared.judges, held_out)
-    print(f"judge: {'reusing' if reused else 'trained'} {folder}", flush=True)
     info = Judge.read_info(folder)
     return {"folder": str(folder), "reused": reused, "kind": cfg.judge_kind, "train_triples": info["train_pairs"] // 2,
             "train_seconds": info["seconds"]}
@@ -250,13 +250,18 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
         jobs = {name: remote(generate).remote(name, folder, test, cfg.max_new_tokens, cfg.batch_size)
                 for name, folder in systems.items()}
         judge_job = remote(prepare_judge).remote(prepared, cfg)
-        outputs: dict[str, list[Output]] = {name: ray.get(job) for name, job in jobs.items()}
+        outputs: dict[str, list[Output]] = {}
+        for name, job in jobs.items():
+            outputs[name] = ray.get(job)
+            console.say(f"eval: {name} wrote {len(test)} outputs ({time.time() - started:.0f}s)")
         judge_info = ray.get(judge_job)
+        console.say(f"eval: judge {'reused' if judge_info['reused'] else 'trained'} ({judge_info['folder']})")
         texts = {"copy": [r.source for r in test], "reference": [r.target for r in test]}
         texts |= {name: [o.target.strip() for o in done] for name, done in outputs.items()}
         contexts = [r.context for r in test]
         nll = {name: remote(perplexities).remote(name, str(base_model), contexts, t) for name, t in texts.items()}
         nll = {name: ray.get(job) for name, job in nll.items()}
+        console.say(f"eval: perplexities done ({time.time() - started:.0f}s)")
 
     # every system's texts in one pass: a frozen judge embeds each unique text once
     aligned = Judge(judge_info["folder"]).probabilities(contexts * len(texts), sum(texts.values(), []))

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from secondthought import console
 from secondthought import data as datasets
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig
 from secondthought.data.records import Chunk, RawRecord
@@ -282,7 +283,8 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
                                       override_num_blocks=len(chunks))
         ds = ds.map_batches(process_block, batch_size=None, batch_format="pyarrow",
                             fn_kwargs={"cfg": prepare, "tokenizer_dir": str(tokenizer_dir), "out": str(out)})
-        with tqdm(desc="prepare", unit=" rows", total=expected, disable=not progress, smoothing=0.1) as bar:
+        with tqdm(desc="prepare", unit=" rows", total=expected, disable=not progress, smoothing=0.1,
+                  file=console.terminal()) as bar:
             for summary in ds.iter_rows():
                 for key in ("records_read", "records_in", "records_out", "records_quarantined", "chains", "tokens"):
                     totals[key] += summary[key]

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Optional
 
+from secondthought import console
 from secondthought.config import ConfigError
 
 CONFIG = "config.json"
@@ -196,10 +197,10 @@ def run_once(name: str, done_file: Path, doing: str, run: Callable[[bool], objec
     started one. Returns what ``done_file`` holds."""
     folder = done_file.parent
     if done_file.is_file():
-        print(f"[secondthought] {name}: done before, using {folder}", flush=True)
+        console.say(f"[secondthought] {name}: done before, using {folder}")
     else:
         unfinished = folder.is_dir() and any(folder.iterdir())
-        print(f"[secondthought] {name}: {'continuing' if unfinished else doing}", flush=True)
+        console.say(f"[secondthought] {name}: {'continuing' if unfinished else doing}")
         run(unfinished)
     return read_json(done_file)
 

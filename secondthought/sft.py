@@ -20,7 +20,7 @@ from secondthought.config import ConfigError, RayConfig, SFTConfig
 from secondthought.formatting import TGT
 from secondthought.runs import ModelInfo, PreparedDir, TrainingDir, is_model_folder, write_model_info
 from secondthought.runtime import ray_session
-from secondthought.tracking import figure, label, read_metrics
+from secondthought.tracking import figure, follow, label, read_metrics
 
 RUN_NAME = "sft"
 
@@ -121,7 +121,8 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
             dataset_config=ray.train.DataConfig(datasets_to_split=[],
                                                 execution_options=ExecutionOptions(preserve_order=True)),
         )
-        trainer.fit()
+        with follow(run.metrics, "step", total_steps, "sft"):
+            trainer.fit()
     if not is_model_folder(run.best):
         raise RuntimeError(f"training ended without an evaluated model in {run.best}")
     shutil.rmtree(run.model, ignore_errors=True)

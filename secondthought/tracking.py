@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from secondthought import console
 from secondthought.runs import METRICS
 
 
@@ -65,9 +66,9 @@ class Tracker:
 
 
 def _write(line: str) -> None:
-    # sys.stdout, not print: Ray Train also copies print() calls to its logs, which doubled each line
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    # console.say writes to sys.stdout, not print(): Ray Train also copies print() calls to its logs,
+    # which doubled each line
+    console.say(line)
 
 
 class ProgressLine:
@@ -95,6 +96,38 @@ class ProgressLine:
     def close(self) -> None:
         if self.enabled and time.time() - self.started >= self.every_s:
             self.show()
+
+
+@contextlib.contextmanager
+def follow(metrics_file: Path, key: str, total: int, what: str, shown=("loss", "eval_loss"), every_s: float = 10.0):
+    """While the console is quiet, the progress of a Ray worker's loop (whose own lines reach only the log)
+    on the terminal: read from the metrics it appends to ``metrics_file``."""
+    if not console.quiet():
+        yield
+        return
+    line, stop = ProgressLine(what, total, f"{key}s", every_s=every_s), threading.Event()
+
+    def loop() -> None:
+        offset = 0
+        while not stop.wait(1.0):
+            if not metrics_file.is_file():
+                continue
+            with open(metrics_file, "rb") as f:
+                f.seek(offset)
+                text = f.read()
+            whole = text[: text.rfind(b"\n") + 1]  # a line being written is read next time
+            offset += len(whole)
+            for row in map(json.loads, whole.decode().splitlines()):
+                line.update(row[key], **{k: row[k] for k in shown if k in row})
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        line.close()
 
 
 def read_metrics(metrics_file: Path, key: str) -> dict[int, dict]:

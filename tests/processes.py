@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 
 import psutil
 
@@ -12,8 +14,9 @@ class ProcessWatch:
     """Polls the descendants of a command while it runs: their titles and their listening sockets.
     Processes are known by (pid, create_time), so a reused pid is never mistaken for one of ours."""
 
-    def __init__(self, proc: subprocess.Popen):
-        self.root = psutil.Process(proc.pid)
+    def __init__(self, proc: subprocess.Popen | None = None, pid: int | None = None):
+        """Watch a command started with ``proc``, or the process ``pid`` (e.g. this one, with its Ray)."""
+        self.root = psutil.Process(proc.pid if proc else pid)
         self.proc = proc
         self.titles: dict[tuple[int, float], set[str]] = {}
         self.listening: set[tuple[str, int, tuple[int, float]]] = set()
@@ -46,6 +49,23 @@ class ProcessWatch:
             self.poll()
             time.sleep(every)
         return self.proc.communicate(timeout=60)
+
+    @contextmanager
+    def polling(self, every: float = 0.5):
+        """Poll in a background thread for the duration of the block."""
+        done = threading.Event()
+
+        def loop():
+            while not done.wait(every):
+                self.poll()
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            done.set()
+            thread.join()
 
     def survivors(self, grace: float = 10.0) -> list[str]:
         """Descendants seen while the command ran that are still alive ``grace`` seconds after it ended."""

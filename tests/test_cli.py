@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -75,3 +76,10 @@ def test_readme_main_command_runs_from_the_console_script_on_loopback(tmp_path):
     systems = [s["system"] for s in json.loads((out / "eval" / "report.json").read_text())["systems"]]
     assert systems == ["copy", "reference", "sft-edits", "sft-rl"] and not (out / "sft-targets").exists()
     assert str(out / "eval" / "report.md") in stdout
+    # The terminal shows the project's progress (the fine-tuning's steps, followed by the driver) and not
+    # the noise of Ray and its workers, which the run's log keeps
+    terminal = stdout + stderr
+    assert re.search(r"^sft \d+/\d+ steps \| loss", terminal, re.M) and "eval: sft-edits wrote" in terminal
+    assert "(RayTrainWorker" not in terminal and "Token authentication" not in terminal, terminal[:3000]
+    [log] = (out / "logs").glob("pipeline-*.log")
+    assert "(RayTrainWorker" in log.read_text() and f"full log: {log}" in stdout

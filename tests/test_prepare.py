@@ -8,7 +8,7 @@ from secondthought.edits import augment, parse
 from secondthought.examples import Encoder
 from secondthought.formatting import SEP, TGT, completion, prompt
 from secondthought.prepare import run_prepare
-from tests.conftest import shared_file
+from tests.conftest import SAMPLE, shared_file
 from tests.test_data import STORY
 
 
@@ -65,10 +65,12 @@ def test_prepare_real_moral_stories_and_too_long_rows(ray_local, tmp_path):
     assert len(lines) == manifest["rows_quarantined"]
 
 
-def test_fast_encoding_equals_tokenizing_the_whole_text(tokenizer):
+@pytest.mark.parametrize("source", ["bundled sample", "moral stories dev"])
+def test_fast_encoding_equals_tokenizing_the_whole_text(tokenizer, source):
     encoder = Encoder(tokenizer)
     assert encoder.by_pieces
-    with open(shared_file("moral_stories", "dev.jsonl")) as f:
+    path = SAMPLE if source == "bundled sample" else shared_file("moral_stories", "dev.jsonl")
+    with open(path) as f:
         rows = [json.loads(line) for line in f]
     rows.append({"norm": "", "immoral_action": "  odd\twhite  space ", "moral_action": "odd white\nspace"})
     items = [(r["norm"], source, target, chain)

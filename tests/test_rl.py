@@ -1,14 +1,17 @@
 """The RL stage end to end on real Ray actors and a real DeepSpeed learner, with tiny models."""
 
 import json
+import os
 
 import numpy as np
 import pytest
+import ray
 
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig, RLConfig
 from secondthought.prepare import run_prepare
 from secondthought.rl.driver import run_rl
 from secondthought.tracking import read_metrics
+from tests.processes import ProcessWatch
 
 FAST = dict(max_new_tokens=16, rollout_workers=2, learner_workers=1, log_every=100)
 
@@ -71,14 +74,23 @@ def test_dead_actors_and_resume_leave_the_run_as_if_nothing_happened(prepared, p
     assert "rollout worker 0 died" in capfd.readouterr().out
     assert scores(killed) == pytest.approx(reference, rel=1e-4, abs=1e-4)
 
-    # The learner dies while learning iteration 4: the run rolls back to the checkpoint of iteration 2
-    # with fresh actors and redoes iterations 3 and 4 to the same result.
-    lost = tmp_path / "lost-learner"
+    # The reference dies while scoring iteration 2: restarted with the same frozen weights, it scores again.
     capfd.readouterr()
-    run_rl(prepared, policy, RLConfig(**cfg, iterations=4, fault_injection_iteration=4,
-                                      fault_injection_actor="learner"), RayConfig(), lost)
-    assert "rolling back to the last checkpoint" in capfd.readouterr().out
-    assert scores(lost) == pytest.approx(reference, rel=1e-4, abs=1e-4)
+    run_rl(prepared, policy, RLConfig(**cfg, iterations=4, fault_injection_iteration=2,
+                                      fault_injection_actor="reference"), RayConfig(), tmp_path / "lost-reference")
+    assert "reference died" in capfd.readouterr().out
+    assert scores(tmp_path / "lost-reference") == pytest.approx(reference, rel=1e-4, abs=1e-4)
+
+    # The learner (while learning iteration 4) or the discriminator (while updating in iteration 3) dies:
+    # the run rolls back to the checkpoint of iteration 2 with fresh actors and redoes iterations 3 and 4.
+    for actor, iteration in (("learner", 4), ("discriminator", 3)):
+        lost = tmp_path / f"lost-{actor}"
+        capfd.readouterr()
+        run_rl(prepared, policy, RLConfig(**cfg, iterations=4, fault_injection_iteration=iteration,
+                                          fault_injection_actor=actor), RayConfig(), lost)
+        assert (lost / "fault-injected").exists()
+        assert "rolling back to the last checkpoint" in capfd.readouterr().out
+        assert scores(lost) == pytest.approx(reference, rel=1e-4, abs=1e-4), actor
 
     # A run stopped after iteration 2 continues from its checkpoint to the same iterations 3 and 4.
     partial = tmp_path / "partial"
@@ -99,7 +111,13 @@ def test_two_learners_meet_over_tcp_as_on_a_cluster(prepared, policy, tmp_path):
     cfg = RLConfig(**dict(FAST, rollout_workers=1, learner_workers=2), iterations=2, minibatch_size=8,
                    micro_batch_size=4, zero_stage=3, reward="validity", checkpoint_every=2)
     out = tmp_path / "rl"
-    summary = run_rl(prepared, policy, cfg, RayConfig(address="auto"), out)
+    with ProcessWatch(pid=os.getpid()).polling() as watch:  # this test's Ray is a child of this process
+        summary = run_rl(prepared, policy, cfg, RayConfig(address="auto"), out)
     assert summary["iterations"] == 2 and (out / "model" / "model.safetensors").is_file()
+    # The rendezvous store listens on the node's own address, never on every address
+    learners = {(ip.removeprefix("::ffff:"), port) for ip, port, key in watch.listening
+                if any("Learner" in t for t in watch.titles[key])}
+    assert learners and all(ip == ray.util.get_node_ip_address() for ip, _ in learners), learners
+    assert not [x for x in watch.listening if x[0] in ("0.0.0.0", "::")], watch.listening
     rows = read_metrics(out / "metrics.jsonl", "iteration")
     assert rows[2]["kl"] != 0.0 and np.isfinite(rows[2]["pg_loss"])  # the synced weights changed the policy

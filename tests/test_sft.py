@@ -23,13 +23,22 @@ def steps(out):
     return rows
 
 
+def prepare(data: DataConfig, out):
+    run_prepare(data, PrepareConfig(cost_sets=[(1, 1, 1)]), RayConfig(), out, progress=False)
+    return out
+
+
 @pytest.fixture(scope="module")
 def prepared(ray_local, tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared") / "ms"
-    run_prepare(DataConfig(dataset="moral-stories", input=[str(shared_file("moral_stories", "dev.jsonl"))],
-                           eval_fraction=0.1, test_fraction=0.1),
-                PrepareConfig(cost_sets=[(1, 1, 1)]), RayConfig(), out, progress=False)
-    return out
+    """The bundled sample, so that these tests run everywhere."""
+    return prepare(DataConfig(), tmp_path_factory.mktemp("prepared") / "sample")
+
+
+@pytest.fixture(scope="module")
+def prepared_real(ray_local, tmp_path_factory):
+    data = DataConfig(dataset="moral-stories", input=[str(shared_file("moral_stories", "dev.jsonl"))],
+                      eval_fraction=0.1, test_fraction=0.1)
+    return prepare(data, tmp_path_factory.mktemp("prepared") / "ms")
 
 
 def test_collate_masks_prompt_and_padding():
@@ -93,9 +102,12 @@ def test_config_errors_name_the_flag():
         SFTConfig(zero_stage=4)
 
 
-def test_loss_goes_down_on_moral_stories_zero3_and_export_generates(prepared, tmp_path):
+@pytest.mark.parametrize("data", ["sample", pytest.param("moral stories", marks=pytest.mark.slow)])
+def test_loss_goes_down_with_zero3_and_the_export_is_the_trained_model(data, request, tmp_path):
+    prepared = request.getfixturevalue("prepared" if data == "sample" else "prepared_real")
+    epochs, eval_every = (2, 8) if data == "sample" else (1, 10)
     out = tmp_path / "sft"
-    summary = run_sft(prepared, SFTConfig(**TINY, epochs=1, grad_accum=2, zero_stage=3, eval_every=10,
+    summary = run_sft(prepared, SFTConfig(**TINY, epochs=epochs, grad_accum=2, zero_stage=3, eval_every=eval_every,
                                           max_eval_rows=64), RayConfig(), out)
     rows = steps(out)
     first, last = np.mean([r["loss"] for r in rows[:3]]), np.mean([r["loss"] for r in rows[-3:]])
@@ -108,15 +120,19 @@ def test_loss_goes_down_on_moral_stories_zero3_and_export_generates(prepared, tm
     assert list((out / "tensorboard").iterdir())
 
     # The exported model is the trained one: its loss on training chains is far below the base model's.
+    trained, base = (loss_on(out / name, prepared, "train") for name in ("model", "base"))
+    assert trained < base - 2.0, (trained, base)
+
+
+def loss_on(model_dir, prepared, split: str, n: int = 8) -> float:
     from secondthought.models import load_model
     from secondthought.runs import PreparedDir
 
-    rows, _ = PreparedDir(prepared).first_chains("train", [])
-    batch = collate([Row(np.asarray(r["input_ids"]), len(r["prompt_ids"])) for r in rows[:8]], 0, True)
+    rows, _ = PreparedDir(prepared).first_chains(split, [])
+    batch = collate([Row(np.asarray(r["input_ids"]), len(r["prompt_ids"])) for r in rows[:n]], 0, True)
     inputs = {k: torch.from_numpy(getattr(batch, k)) for k in ("input_ids", "attention_mask", "labels")}
     with torch.no_grad():
-        trained, base = (float(load_model(out / name).eval()(**inputs).loss) for name in ("model", "base"))
-    assert trained < base - 2.0, (trained, base)
+        return float(load_model(model_dir).eval()(**inputs).loss)
 
 
 def test_worker_death_and_resume_continue_exactly(prepared, tmp_path):
@@ -177,6 +193,12 @@ def test_zero0_fp32_resumes_and_an_early_stop_stays_stopped(prepared, tmp_path):
     summary = run_sft(prepared, SFTConfig(**dict(config, lr=5.0, max_steps=8, eval_every=1), patience=1),
                       RayConfig(), stopped)
     assert summary["stopped_early"] and summary["steps"] < 8
+    # The exported model is the best evaluated one, not the last
+    evals = {r["step"]: r["eval_loss"] for r in steps(stopped) if "eval_loss" in r}
+    best, last = min(evals, key=evals.get), max(evals)
+    assert best != last and summary["best_eval_loss"] == evals[best]
+    exported = loss_on(stopped / "model", prepared, "eval", n=32)
+    assert abs(exported - evals[best]) < abs(exported - evals[last]), (exported, evals)
     # --resume, and a restart after a crash between the stop and the summary, finish without training on
     logged = len(steps(stopped))
     for crashed in (False, True):

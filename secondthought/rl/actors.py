@@ -20,6 +20,15 @@ from secondthought.rl.experience import Sample, TokenBatch, collate, padded
 from secondthought.training import engine_config, inject_fault
 
 
+Fault = tuple[int, str] | None
+"""Testing fault tolerance: (iteration, marker file): the actor exits abruptly, once, in that iteration."""
+
+
+def _maybe_fail(fault: Fault, iteration: int) -> None:
+    if fault is not None and iteration == fault[0]:
+        inject_fault(fault[1])
+
+
 def _setup_torch(threads: int, use_gpu: bool):
     import torch
 
@@ -65,15 +74,14 @@ def _policy_with_value(lm):
 class RolloutWorker:
     """A policy copy that samples completions; its weights carry the learner's version number."""
 
-    def __init__(self, policy_dir: str, sampling: dict, threads: int, use_gpu: bool, index: int,
-                 fault_iteration: int | None = None, fault_marker: str | None = None):
+    def __init__(self, policy_dir: str, sampling: dict, threads: int, use_gpu: bool, index: int, fault: Fault = None):
         from secondthought.inference import Policy, SamplingParams
 
         device = _setup_torch(threads, use_gpu)
         self.policy = Policy.load(policy_dir, device)
         self.params = SamplingParams(**sampling)
         self.version = None  # weights as loaded: the driver always sends a version before the first rollout
-        self.index, self.fault_iteration, self.fault_marker = index, fault_iteration, fault_marker
+        self.index, self.fault = index, fault
 
     def set_weights(self, version: int, weights: dict) -> int:
         self.policy.model.load_state_dict(weights, strict=True)
@@ -85,8 +93,7 @@ class RolloutWorker:
 
         if self.version != version:
             raise RuntimeError(f"rollout worker {self.index} holds weights v{self.version}, asked for v{version}")
-        if self.index == 0 and iteration == self.fault_iteration:
-            inject_fault(self.fault_marker)
+        _maybe_fail(self.fault, iteration)
         started = time.time()
         completions = self.policy.sample(prompts, self.params, seed)
         return {"completions": completions, "seconds": time.time() - started, "version": self.version}
@@ -96,18 +103,20 @@ class RolloutWorker:
 class Reference:
     """The frozen SFT model: log-probabilities of sampled tokens for the KL penalty."""
 
-    def __init__(self, policy_dir: str, threads: int, use_gpu: bool, temperature: float, micro_batch_size: int):
+    def __init__(self, policy_dir: str, threads: int, use_gpu: bool, temperature: float, micro_batch_size: int,
+                 fault: Fault = None):
         from secondthought.models import load_model
 
         self.device = _setup_torch(threads, use_gpu)
         self.model = load_model(policy_dir).to(self.device).eval()
-        self.temperature, self.micro = temperature, micro_batch_size
+        self.temperature, self.micro, self.fault = temperature, micro_batch_size, fault
 
-    def logprobs(self, samples: list[Sample]) -> list[np.ndarray]:
+    def logprobs(self, samples: list[Sample], iteration: int) -> list[np.ndarray]:
         import torch
 
         from secondthought.rl.ppo import logprobs_of
 
+        _maybe_fail(self.fault, iteration)
         out = []
         with torch.no_grad():
             for start in range(0, len(samples), self.micro):
@@ -123,19 +132,23 @@ class Reference:
 class Discriminator:
     """Gold (context, source, chain, target) against negatives; its log-odds are the adversarial reward."""
 
-    def __init__(self, encoder: str, lr: float, threads: int, use_gpu: bool, seed: int, trust_remote_code: bool):
+    def __init__(self, encoder: str, lr: float, threads: int, use_gpu: bool, seed: int, trust_remote_code: bool,
+                 fault: Fault = None):
         from secondthought.classifier import PairClassifier
 
         device = _setup_torch(threads, use_gpu)
         self.classifier = PairClassifier(encoder, lr=lr, device=str(device), seed=seed,
                                          trust_remote_code=trust_remote_code)
+        self.fault = fault
 
     def logodds(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         return self.classifier.logits(pairs)
 
-    def update(self, gold: list[tuple[str, str]], negatives: list[tuple[str, str]], steps: int, seed: int) -> dict:
+    def update(self, gold: list[tuple[str, str]], negatives: list[tuple[str, str]], steps: int, seed: int,
+               iteration: int) -> dict:
         import torch
 
+        _maybe_fail(self.fault, iteration)
         torch.manual_seed(seed)  # dropout: the same update after a restore from a checkpoint
         rng = np.random.default_rng(seed)
         pairs, labels = gold + negatives, [1.0] * len(gold) + [0.0] * len(negatives)
@@ -153,29 +166,29 @@ class Discriminator:
         self.classifier.load(folder)
 
 
-def _free_address() -> tuple[str, int]:
-    ip = ray.util.get_node_ip_address()
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return ip, s.getsockname()[1]
-
-
 @ray.remote
 class Learner:
     """One data-parallel rank of the PPO learner: policy + value head in a DeepSpeed engine."""
 
-    def __init__(self, cfg: dict, policy_dir: str, rank: int, world: int, threads: int, fault_marker: str):
+    def __init__(self, cfg: dict, policy_dir: str, rank: int, world: int, threads: int, fault: Fault = None):
         from secondthought.config import RLConfig
 
         self.cfg, self.policy_dir, self.rank, self.world = RLConfig(**cfg), policy_dir, rank, world
-        self.fault_marker = fault_marker
+        self.fault, self.listener = fault, None
         self.device = _setup_torch(threads, self.cfg.use_gpu)
 
-    def address(self) -> str:
-        ip, port = _free_address()
-        return f"tcp://{ip}:{port}"
+    def address(self) -> tuple[str, int]:
+        """Rank 0, on a cluster: a socket on this node's own address (not on every address, torch's default)
+        for the rendezvous store to listen on; the other ranks connect to it."""
+        ip = ray.util.get_node_ip_address()
+        self.listener = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
+        self.listener.bind((ip, 0))
+        self.listener.listen()
+        return ip, self.listener.getsockname()[1]
 
-    def setup(self, init_method: str) -> None:
+    def setup(self, rendezvous: str | tuple[str, int]) -> None:
+        """Join the process group through a rendezvous file (``file://`` URL, one machine) or the TCP store
+        at (host, port) that rank 0 serves from its :meth:`address`."""
         import deepspeed
         import torch
         import torch.distributed as dist
@@ -185,7 +198,14 @@ class Learner:
         cfg = self.cfg
         os.environ.setdefault("LOCAL_RANK", "0")  # Ray gives each learner its own device
         backend = "nccl" if self.device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world)
+        if isinstance(rendezvous, str):
+            dist.init_process_group(backend, init_method=rendezvous, rank=self.rank, world_size=self.world)
+        else:
+            host, port = rendezvous
+            serving = self.listener is not None
+            store = dist.TCPStore(host, port, self.world, is_master=serving,
+                                  master_listen_fd=self.listener.fileno() if serving else None)
+            dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world)
         deepspeed.init_distributed(dist_backend=backend)
         torch.manual_seed(cfg.seed)
         lm = load_model(self.policy_dir, dtype=torch.float32)
@@ -222,8 +242,7 @@ class Learner:
         from secondthought.rl import ppo
 
         cfg = self.cfg
-        if cfg.fault_injection_actor == "learner" and self.rank == 0 and iteration == cfg.fault_injection_iteration:
-            inject_fault(self.fault_marker)
+        _maybe_fail(self.fault, iteration)
         rng = np.random.default_rng(seed)
         per_rank = cfg.minibatch_size // self.world
         stats = defaultdict(list)

@@ -20,6 +20,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError
 
+from secondthought import console
 from secondthought.config import RayConfig, RLConfig
 from secondthought.inference import completion_text
 from secondthought.rl import ppo
@@ -63,26 +64,31 @@ class RLRun:
 
     # -- actors -------------------------------------------------------------------------------------
     def start(self) -> None:
-        cfg, policy, marker = self.cfg, str(self.policy), str(self.run_dir.fault_marker)
+        cfg, policy = self.cfg, str(self.policy)
+
+        def fault(role: str, k: int):  # the first actor of the chosen role dies once, for testing
+            injected = cfg.fault_injection_iteration is not None and cfg.fault_injection_actor == role and k == 0
+            return (cfg.fault_injection_iteration, str(self.run_dir.fault_marker)) if injected else None
+
         self.placement = Placement(cfg)
         sampling = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k,
                     "top_p": cfg.top_p, "batch_size": cfg.rollout_batch_size}
         restartable = {"max_restarts": cfg.max_restarts, "max_task_retries": 0}
-        rollout_fault = cfg.fault_injection_iteration if cfg.fault_injection_actor == "rollout" else None
         self.rollouts = ActorGroup.spawn(
             RolloutWorker, "rollout", cfg.rollout_workers, self.placement,
-            lambda k, threads: (policy, sampling, threads, cfg.use_gpu, k, rollout_fault, marker), **restartable)
+            lambda k, threads: (policy, sampling, threads, cfg.use_gpu, k, fault("rollout", k)), **restartable)
         self.reference = ActorGroup.spawn(
             Reference, "reference", 1, self.placement,
-            lambda k, threads: (policy, threads, cfg.use_gpu, cfg.temperature, cfg.micro_batch_size), **restartable)
+            lambda k, threads: (policy, threads, cfg.use_gpu, cfg.temperature, cfg.micro_batch_size,
+                                fault("reference", k)), **restartable)
         if cfg.reward == "adversarial":
             self.discriminator = ActorGroup.spawn(
                 Discriminator, "discriminator", 1, self.placement,
                 lambda k, threads: (cfg.discriminator, cfg.disc_lr, threads, cfg.use_gpu, cfg.seed,
-                                    cfg.trust_remote_code))
+                                    cfg.trust_remote_code, fault("discriminator", k)))
         self.learners = ActorGroup.spawn(
             Learner, "learner", cfg.learner_workers, self.placement,
-            lambda k, threads: (asdict(cfg), policy, k, cfg.learner_workers, threads, marker))
+            lambda k, threads: (asdict(cfg), policy, k, cfg.learner_workers, threads, fault("learner", k)))
         if self.local:  # one machine: rendezvous through a file, so no TCP store listens on every address
             rendezvous = self.run_dir.path / f"rendezvous-{uuid.uuid4().hex}"
             init_method = f"file://{rendezvous}"
@@ -143,12 +149,13 @@ class RLRun:
             parts["disc_logodds"] = float(logodds.mean())
         return scores.astype(np.float32), parts, items
 
-    def logprobs_and_values(self, samples: list[Sample]) -> None:
+    def logprobs_and_values(self, samples: list[Sample], iteration: int) -> None:
         """3. Reference log-probabilities (one actor) and old log-probabilities + values (the learners)."""
         parts, forwards = self.learners.call_sliced("forward", samples)
         if self.cfg.colocate:  # sharing the devices, the reference waits for the learners rather than competing
             ray.wait(forwards, num_returns=len(forwards))
-        ref = retrying("reference", lambda attempt: self.reference[0].logprobs.remote(samples), self.cfg.max_restarts)
+        ref = retrying("reference", lambda attempt: self.reference[0].logprobs.remote(samples, iteration),
+                       self.cfg.max_restarts)
         for part, (logprobs, values) in zip(parts, ray.get(forwards)):
             for s, lp, v in zip(part, logprobs, values):
                 s.logprobs, s.values = lp, v
@@ -175,7 +182,8 @@ class RLRun:
             negatives = policy[:half] + [reverse_negative(*r) for r in reverse[: len(gold) - half]]
         else:
             negatives = policy
-        return self.discriminator.run("update", gold, negatives, self.cfg.disc_steps, self.cfg.seed + iteration)[0]
+        return self.discriminator.run("update", gold, negatives, self.cfg.disc_steps, self.cfg.seed + iteration,
+                                       iteration)[0]
 
     def sync(self, version: int) -> float:
         """7. The learners' weights to every rollout worker as version ``version``; returns seconds."""
@@ -191,7 +199,7 @@ class RLRun:
         samples, gen_seconds = self.rollout(i, rows)                                          # 1
         t1 = time.time()
         scores, parts, items = self.score(samples)                                            # 2
-        self.logprobs_and_values(samples)                                                     # 3
+        self.logprobs_and_values(samples, i)                                                  # 3
         adv_stats = ppo.attach_advantages(samples, scores, state.kl_coef, cfg)                # 4
         t2 = time.time()
         learn = self.learn(samples, i)                                                        # 5
@@ -243,8 +251,8 @@ class RLRun:
                 failures += 1
                 if failures > self.cfg.max_failures:
                     raise
-                print(f"[rl] a learner or the discriminator died ({type(e).__name__}): rolling back to the last "
-                      f"checkpoint ({failures}/{self.cfg.max_failures})", flush=True)
+                console.say(f"[rl] a learner or the discriminator died ({type(e).__name__}): rolling back to the "
+                            f"last checkpoint ({failures}/{self.cfg.max_failures})")
             finally:
                 self.stop()
 
@@ -253,7 +261,7 @@ class RLRun:
         checkpoint = newest_checkpoint(self.run_dir.checkpoints, "iteration")
         state = self.restore(checkpoint) if checkpoint else LoopState(kl_coef=cfg.kl_coef)
         if checkpoint:
-            print(f"[rl] resumed at iteration {state.iteration} from {checkpoint}", flush=True)
+            console.say(f"[rl] resumed at iteration {state.iteration} from {checkpoint}")
         self.sync(state.iteration)
         tracker = Tracker(cfg, self.run_dir.path, 0, cfg.iterations, state.iteration, unit="iteration")
         try:
@@ -291,8 +299,8 @@ def run_rl(prepared: str | Path, policy: str | Path, cfg: RLConfig, ray_cfg: Ray
     with ray_session(ray_cfg):
         run = RLRun(prepared, policy, cfg, run_dir, local=ray_cfg.address is None)
         if cfg.reward == "adversarial" and not run.prompts.reverse:
-            print("[rl] the prepared data has no reversed chains (prepare --prepare.reverse true): the discriminator "
-                  "gets the policy's samples as its only negatives", flush=True)
+            console.say("[rl] the prepared data has no reversed chains (prepare --prepare.reverse true): the "
+                        "discriminator gets the policy's samples as its only negatives")
         run.run()
     write_model_info(run_dir.model, replace(read_model_info(policy), stage="rl", trained_from=str(policy)))
     rows = read_metrics(run_dir.metrics, "iteration")

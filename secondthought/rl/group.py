@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 import ray
 from ray.exceptions import RayActorError
 
+from secondthought import console
 from secondthought.rl.experience import shards
 from secondthought.rl.placement import Placement
 
@@ -65,4 +66,4 @@ def retrying(name: str, submit: Callable[[int], object], max_restarts: int):
         except RayActorError as e:
             if attempt == max_restarts:
                 raise
-            print(f"[rl] {name} died ({type(e).__name__}); restarted, redoing its work", flush=True)
+            console.say(f"[rl] {name} died ({type(e).__name__}); restarted, redoing its work")
