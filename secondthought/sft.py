@@ -104,6 +104,9 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
     with ray_session(ray_cfg):
         ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print their own progress
         cpus_per_worker = cfg.cpus_per_worker or _cpus_per_worker(cfg.num_workers)
+        # Ray gives a CPU worker one torch thread; the data feeding it needs little, so a worker that has the
+        # machine to itself (few-shot transfer) uses the CPUs the other workers would have had
+        plan["torch_threads"] = max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.num_workers))
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"sft": asdict(cfg), "plan": plan},

@@ -58,6 +58,7 @@ def test_a_known_reward_rises(prepared, policy, tmp_path):
     assert (out / "model" / "tokenizer.json").is_file()
 
 
+@pytest.mark.slow  # seven RL runs, about 6 minutes on 2 cores
 def test_dead_actors_and_resume_leave_the_run_as_if_nothing_happened(prepared, policy, tmp_path, capfd):
     cfg = dict(FAST, discriminator="tiny-bert", checkpoint_every=2, lr=1e-3)
     clean = tmp_path / "clean"

@@ -135,6 +135,7 @@ def loss_on(model_dir, prepared, split: str, n: int = 8) -> float:
         return float(load_model(model_dir).eval()(**inputs).loss)
 
 
+@pytest.mark.slow  # three fine-tuning runs with a crash, about 6 minutes on 2 cores
 def test_worker_death_and_resume_continue_exactly(prepared, tmp_path):
     config = dict(TINY, epochs=1, max_steps=8, eval_every=4, max_eval_rows=32)
     clean = tmp_path / "clean"
