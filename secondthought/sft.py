@@ -63,6 +63,8 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
+
+    from secondthought.sft_worker import NodeBoundTorchConfig
     from transformers import AutoTokenizer
 
     from secondthought.models import build_base_model, check_model
@@ -108,7 +110,7 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
         # machine to itself (few-shot transfer) uses the CPUs the other workers would have had
         plan["torch_threads"] = max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.num_workers))
         trainer = TorchTrainer(
-            train_loop_per_worker,
+            train_loop_per_worker, torch_config=NodeBoundTorchConfig(),
             train_loop_config={"sft": asdict(cfg), "plan": plan},
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                    resources_per_worker={"CPU": cpus_per_worker}),

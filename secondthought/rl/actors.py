@@ -9,13 +9,13 @@ losing one rolls the run back to its last checkpoint (the driver's job, see driv
 from __future__ import annotations
 
 import os
-import socket
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import ray
 
+from secondthought import rendezvous
 from secondthought.rl.experience import Sample, TokenBatch, collate, padded
 from secondthought.training import engine_config, inject_fault
 
@@ -174,38 +174,24 @@ class Learner:
         from secondthought.config import RLConfig
 
         self.cfg, self.policy_dir, self.rank, self.world = RLConfig(**cfg), policy_dir, rank, world
-        self.fault, self.listener = fault, None
+        self.fault = fault
         self.device = _setup_torch(threads, self.cfg.use_gpu)
 
     def address(self) -> tuple[str, int]:
-        """Rank 0, on a cluster: a socket on this node's own address (not on every address, torch's default)
-        for the rendezvous store to listen on; the other ranks connect to it."""
-        ip = ray.util.get_node_ip_address()
-        self.listener = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
-        self.listener.bind((ip, 0))
-        self.listener.listen()
-        return ip, self.listener.getsockname()[1]
+        """Rank 0: where the rendezvous store will listen (this node's own address); see rendezvous.py."""
+        return rendezvous.serve(ray.util.get_node_ip_address())
 
-    def setup(self, rendezvous: str | tuple[str, int]) -> None:
-        """Join the process group through a rendezvous file (``file://`` URL, one machine) or the TCP store
-        at (host, port) that rank 0 serves from its :meth:`address`."""
+    def setup(self, address: tuple[str, int]) -> None:
+        """Join the process group at rank 0's :meth:`address` and build the DeepSpeed engine."""
         import deepspeed
         import torch
-        import torch.distributed as dist
 
         from secondthought.models import load_model
 
         cfg = self.cfg
         os.environ.setdefault("LOCAL_RANK", "0")  # Ray gives each learner its own device
         backend = "nccl" if self.device.type == "cuda" else "gloo"
-        if isinstance(rendezvous, str):
-            dist.init_process_group(backend, init_method=rendezvous, rank=self.rank, world_size=self.world)
-        else:
-            host, port = rendezvous
-            serving = self.listener is not None
-            store = dist.TCPStore(host, port, self.world, is_master=serving,
-                                  master_listen_fd=self.listener.fileno() if serving else None)
-            dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world)
+        rendezvous.join(address, self.rank, self.world, backend)
         deepspeed.init_distributed(dist_backend=backend)
         torch.manual_seed(cfg.seed)
         lm = load_model(self.policy_dir, dtype=torch.float32)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -52,10 +51,10 @@ class LoopState:
 class RLRun:
     """The actor groups of one run and the loop that drives them."""
 
-    def __init__(self, prepared: PreparedDir, policy: Path, cfg: RLConfig, run: TrainingDir, local: bool):
+    def __init__(self, prepared: PreparedDir, policy: Path, cfg: RLConfig, run: TrainingDir):
         from transformers import AutoTokenizer
 
-        self.policy, self.cfg, self.run_dir, self.local = policy, cfg, run, local
+        self.policy, self.cfg, self.run_dir = policy, cfg, run
         self.tokenizer = AutoTokenizer.from_pretrained(policy)
         self.prompts: Prompts = load_prompts(prepared)
         self.reward_fn = None if cfg.reward in ("adversarial", "validity") else load_reward_function(cfg.reward)
@@ -89,14 +88,7 @@ class RLRun:
         self.learners = ActorGroup.spawn(
             Learner, "learner", cfg.learner_workers, self.placement,
             lambda k, threads: (asdict(cfg), policy, k, cfg.learner_workers, threads, fault("learner", k)))
-        if self.local:  # one machine: rendezvous through a file, so no TCP store listens on every address
-            rendezvous = self.run_dir.path / f"rendezvous-{uuid.uuid4().hex}"
-            init_method = f"file://{rendezvous}"
-        else:
-            init_method = ray.get(self.learners[0].address.remote())
-        self.learners.run("setup", init_method)
-        if self.local:
-            rendezvous.unlink(missing_ok=True)
+        self.learners.run("setup", ray.get(self.learners[0].address.remote()))
 
     def stop(self) -> None:
         for group in (self.rollouts, self.learners, self.reference, self.discriminator):
@@ -297,7 +289,7 @@ def run_rl(prepared: str | Path, policy: str | Path, cfg: RLConfig, ray_cfg: Ray
     run_dir = TrainingDir.start(out, asdict(cfg), resume, overwrite)
     started = time.time()
     with ray_session(ray_cfg):
-        run = RLRun(prepared, policy, cfg, run_dir, local=ray_cfg.address is None)
+        run = RLRun(prepared, policy, cfg, run_dir)
         if cfg.reward == "adversarial" and not run.prompts.reverse:
             console.say("[rl] the prepared data has no reversed chains (prepare --prepare.reverse true): the "
                         "discriminator gets the policy's samples as its only negatives")
