@@ -256,10 +256,10 @@ def run(argv: list[str] | None = None) -> int:
         kept = _keep(log, args.get("out"), name)
         if code == 2 and kept == log:  # refused before any work: its log says nothing more than the error
             kept.unlink()
+        elif error:
+            error += f"\nfull log: {kept}"
         else:
-            error = f"{error}\nfull log: {kept}" if error else None
-            if not error:
-                say(f"full log: {kept}")
+            say(f"full log: {kept}")
     if error:
         print(error, file=sys.stderr)
     return code
