@@ -23,10 +23,12 @@ def serve(ip: str) -> tuple[str, int]:
     return ip, listener.getsockname()[1]
 
 
-def join(address: tuple[str, int], rank: int, world: int, backend: str, timeout_s: float = 1800) -> None:
-    """Join the process group whose store rank 0 serves at ``address``."""
+def join(address: tuple[str, int], rank: int, world: int, device_type: str, timeout_s: float = 1800) -> str:
+    """Join the process group whose store rank 0 serves at ``address``; returns its backend (nccl for CUDA
+    devices, else gloo)."""
     import torch.distributed as dist
 
+    backend = "nccl" if device_type == "cuda" else "gloo"
     host, port = address
     listener = _served.pop("listener", None) if rank == 0 else None
     timeout = timedelta(seconds=timeout_s)
@@ -35,6 +37,7 @@ def join(address: tuple[str, int], rank: int, world: int, backend: str, timeout_
     if listener is not None:
         _served["store"], _served["socket"] = store, listener  # the store serves from the socket: keep both
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+    return backend
 
 
 def leave() -> None:

@@ -37,11 +37,8 @@ def _dataset(path: Path, limit: int | None = None, costs: list | None = None):
     return ds.limit(limit) if limit else ds
 
 
-def _cpus_per_worker(num_workers: int) -> float:
+def _cpus_per_worker(num_workers: int, total: float) -> float:
     """1 CPU a worker, or less where that would leave no CPU for the Ray Data tasks that feed them."""
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 0)
     if total < 2:
         raise ConfigError(f"Ray has {total:g} CPUs: training needs at least 2 (one to read data)")
     return min(1.0, (total - 1) / num_workers)
@@ -63,12 +60,10 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
-
-    from secondthought.sft_worker import NodeBoundTorchConfig
     from transformers import AutoTokenizer
 
     from secondthought.models import build_base_model, check_model
-    from secondthought.sft_worker import train_loop_per_worker
+    from secondthought.sft_worker import NodeBoundTorchConfig, train_loop_per_worker
 
     prepared = PreparedDir.open(prepared)
     check_model(cfg.model, "--sft.model")
@@ -105,10 +100,11 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
     started = time.time()
     with ray_session(ray_cfg):
         ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print their own progress
-        cpus_per_worker = cfg.cpus_per_worker or _cpus_per_worker(cfg.num_workers)
+        cpus = ray.cluster_resources().get("CPU", 0)
+        cpus_per_worker = cfg.cpus_per_worker or _cpus_per_worker(cfg.num_workers, cpus)
         # Ray gives a CPU worker one torch thread; the data feeding it needs little, so a worker that has the
         # machine to itself (few-shot transfer) uses the CPUs the other workers would have had
-        plan["torch_threads"] = max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.num_workers))
+        plan["torch_threads"] = max(1, int(cpus // cfg.num_workers))
         trainer = TorchTrainer(
             train_loop_per_worker, torch_config=NodeBoundTorchConfig(),
             train_loop_config={"sft": asdict(cfg), "plan": plan},

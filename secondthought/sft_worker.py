@@ -183,8 +183,7 @@ def _join(address: tuple[str, int], rank: int, world: int, timeout_s: float) -> 
     for name, value in (("LOCAL_RANK", context.get_local_rank()), ("LOCAL_WORLD_SIZE", context.get_local_world_size()),
                         ("NODE_RANK", context.get_node_rank()), ("RANK", rank), ("WORLD_SIZE", world)):
         os.environ[name] = str(value)
-    backend = "nccl" if ray.train.torch.get_device().type == "cuda" else "gloo"
-    rendezvous.join(address, rank, world, backend, timeout_s)
+    rendezvous.join(address, rank, world, ray.train.torch.get_device().type, timeout_s)
 
 
 @dataclass

@@ -190,8 +190,7 @@ class Learner:
 
         cfg = self.cfg
         os.environ.setdefault("LOCAL_RANK", "0")  # Ray gives each learner its own device
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
-        rendezvous.join(address, self.rank, self.world, backend)
+        backend = rendezvous.join(address, self.rank, self.world, self.device.type)
         deepspeed.init_distributed(dist_backend=backend)
         torch.manual_seed(cfg.seed)
         lm = load_model(self.policy_dir, dtype=torch.float32)
