@@ -102,6 +102,26 @@ def _pipeline(args: Namespace, s: dict) -> None:
                                 progress=args.progress, baseline=args.baseline)))
 
 
+def _serve(args: Namespace, s: dict) -> None:
+    from secondthought.runs import model_folder
+    from secondthought.runtime import ray_session
+    from serve.deploy import deploy, load_config
+
+    model_folder(args.model, "--model")
+    raw = load_config(args.app_config, args.model, args.host, args.port)
+    with ray_session(s["ray"]):
+        from ray import serve
+
+        try:
+            url = deploy(raw)
+            say(f"serving {args.model}\n  page:    {url}/\n  API:     {url}/v1/realign, {url}/v1/edits/apply, "
+                f"{url}/v1/completions (OpenAI), {url}/docs\nCtrl-C stops the server")
+            while True:
+                time.sleep(3600)
+        finally:
+            serve.shutdown()
+
+
 def _edits(args: Namespace, s: dict) -> None:
     from secondthought.edits import compute_edits, decipher, serialize
 
@@ -188,6 +208,19 @@ COMMANDS = {
                                                             "chains of edits) and evaluate it")),
          PROGRESS),
         _pipeline),
+    "serve": Command(
+        "serve a model: realign API, OpenAI-compatible completions, correction page (Ray Serve)",
+        "Serve a model folder with Ray Serve on a local Ray (loopback by default): POST /v1/realign (edits, the "
+        "result, consistency), POST /v1/edits/apply, GET /v1/models and POST /v1/completions (OpenAI's shapes), the "
+        "correction page at / and /docs. Replicas, batching, autoscaling and queue limits come from --app-config "
+        "(serve/config.yaml, the same file `serve run` and `serve deploy` take); --model, --host and --port override "
+        "it. Runs until Ctrl-C.",
+        ("ray",),
+        (("--model", dict(required=True, help="model folder to serve, e.g. runs/demo/rl/model")),
+         ("--host", dict(default=None, help="address to listen on (default: the config's, 127.0.0.1)")),
+         ("--port", dict(type=int, default=None, help="port (default: the config's, 8000)")),
+         ("--app-config", dict(default=None, help="Serve config file (default: serve/config.yaml)"))),
+        _serve),
     "edits": Command(
         "show the chain of edits between two texts",
         "Show the chain of edits from SOURCE to TARGET: serialized and in plain English.",

@@ -394,3 +394,51 @@ class RayConfig:
     def __post_init__(self) -> None:
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ConfigError(f"--ray.num_cpus must be at least 1, got {self.num_cpus}")
+
+
+@dataclass
+class ServeConfig:
+    """The serving application: which model, on what device, and the bounds every request is held to.
+
+    These are the application's ``args`` in serve/config.yaml (``serve run``, ``serve deploy``, a KubeRay
+    RayService); ``secondthought serve --model DIR`` fills in ``model``. Replica counts, autoscaling and queue
+    limits are Ray Serve's own deployment options in that file."""
+
+    model: str = ""
+    """The model folder to serve (config.json + safetensors; e.g. runs/demo/rl/model). A local path: nothing is
+    downloaded at start."""
+    device: str = "auto"
+    """auto (cuda when the replica has a GPU, else cpu), cpu or cuda."""
+    dtype: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."""
+    threads: int = 0
+    """torch CPU threads per model replica (0: the replica's num_cpus, at least 1)."""
+    max_batch_size: int = 8
+    """Requests decoded together by one model replica (@serve.batch)."""
+    batch_wait_timeout_s: float = 0.01
+    """How long a replica waits for a batch to fill."""
+    max_text_chars: int = 2000
+    """Longest text (and context) a request may send."""
+    max_prompt_chars: int = 8000
+    """Longest prompt /v1/completions accepts."""
+    max_new_tokens: int = 256
+    """Most tokens one request may ask for."""
+    default_new_tokens: int = 128
+    """Tokens written when a request does not say."""
+    max_edits: int = 200
+    """Most edits /v1/edits/apply and a corrected prefix may send."""
+
+    def __post_init__(self) -> None:
+        _choice("serve.device", self.device, ("auto", "cpu", "cuda"))
+        _choice("serve.dtype", self.dtype, ("auto", "bf16", "fp32"))
+        for name in ("max_batch_size", "max_text_chars", "max_prompt_chars", "max_new_tokens", "default_new_tokens",
+                     "max_edits"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"serve.{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise ConfigError(f"serve.threads must not be negative, got {self.threads}")
+        if self.batch_wait_timeout_s < 0:
+            raise ConfigError(f"serve.batch_wait_timeout_s must not be negative, got {self.batch_wait_timeout_s}")
+        if self.default_new_tokens > self.max_new_tokens:
+            raise ConfigError(f"serve.default_new_tokens ({self.default_new_tokens}) exceeds serve.max_new_tokens "
+                              f"({self.max_new_tokens})")

@@ -295,18 +295,16 @@ def _where(edit: Edit) -> str:
     return f"word {first}" if span <= 1 else f"words {first}-{first + span - 1}"
 
 
+def describe(edit: Edit) -> str:
+    """One edit in plain English, e.g. ``replace "shoves" with "asks" (word 2)``."""
+    old, new = _words(edit.old), _words(edit.new)
+    if edit.op == "ins":
+        return f'insert "{new}" before word {edit.pos + 1}'
+    if edit.op == "del":
+        return f'delete "{old}" ({_where(edit)})'
+    return f'replace "{old}" with "{new}" ({_where(edit)})'
+
+
 def decipher(chain: EditChain) -> str:
     """The chain in plain English, e.g. ``replace "shoves" with "asks"; delete "out of the line"``."""
-    if not chain.edits:
-        return "no edits"
-    steps = []
-    for edit in chain.edits:
-        old, new = _words(edit.old), _words(edit.new)
-        if edit.op == "ins":
-            steps.append(f'insert "{new}" before word {edit.pos + 1}')
-        elif edit.op == "del":
-            steps.append(f'delete "{old}" ({_where(edit)})')
-        else:
-            steps.append(f'replace "{old}" with "{new}" ({_where(edit)})')
-    return "; ".join(steps)
-
+    return "; ".join(describe(edit) for edit in chain.edits) if chain.edits else "no edits"

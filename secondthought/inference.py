@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -53,8 +53,9 @@ def next_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.G
 
 
 @torch.no_grad()
-def _sample_batch(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, params: SamplingParams,
-                  generator: torch.Generator) -> list[list[int]]:
+def _decode(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, params: SamplingParams,
+            generator: torch.Generator) -> Iterator[tuple[list[int], list[int]]]:
+    """Decode a batch one step at a time: yields (rows still decoding, the token each wrote) per step."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -69,14 +70,12 @@ def _sample_batch(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: 
     cache, logits = out.cache, out.logits[:, -1]
     positions = position_ids[:, -1]
     active = torch.arange(len(prompts), device=device)  # original row of each row still decoding
-    completions: list[list[int]] = [[] for _ in prompts]
     for step in range(params.max_new_tokens):
         tokens = next_tokens(logits, params, generator)
-        for row, token in zip(active.tolist(), tokens.tolist()):
-            completions[row].append(token)
+        yield active.tolist(), tokens.tolist()
         going = tokens != eos_id
         if step == params.max_new_tokens - 1 or not bool(going.any()):
-            break
+            return
         if not bool(going.all()):
             keep = going.nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
@@ -86,6 +85,14 @@ def _sample_batch(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: 
         out = model(input_ids=tokens.unsqueeze(-1), attention_mask=attention_mask, position_ids=positions.unsqueeze(-1),
                     cache=cache, use_cache=True)
         cache, logits = out.cache, out.logits[:, -1]
+
+
+def _sample_batch(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, params: SamplingParams,
+                  generator: torch.Generator) -> list[list[int]]:
+    completions: list[list[int]] = [[] for _ in prompts]
+    for rows, tokens in _decode(model, prompts, eos_id, pad_id, params, generator):
+        for row, token in zip(rows, tokens):
+            completions[row].append(token)
     return completions
 
 
@@ -158,6 +165,12 @@ class Policy:
                done: Optional[Callable[[int], None]] = None) -> list[list[int]]:
         """Completions as token ids (see :func:`sample`); ``done(rows)`` after each batch."""
         return sample(self.model, prompts, self.eos_id, self.tokenizer.pad_token_id, params, seed, done)
+
+    def stream(self, prompt: Sequence[int], params: SamplingParams, seed: int = 0) -> Iterator[int]:
+        """One prompt's completion, a token id at a time as it is decoded (the same tokens as :meth:`sample`)."""
+        generator = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
+        for _, tokens in _decode(self.model, [prompt], self.eos_id, self.tokenizer.pad_token_id, params, generator):
+            yield tokens[0]
 
     def output(self, ids: Sequence[int], source: Optional[str] = None) -> Output:
         text = completion_text(self.tokenizer, ids)

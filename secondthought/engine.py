@@ -1,0 +1,129 @@
+"""The serving side's model: a trained model folder loaded once, decoding checked requests in batches.
+
+A Serve model replica (serve/app.py) holds one Engine and hands it each batch that @serve.batch gathers.
+Requests with the same sampling settings are decoded together (greedy by default, so a request's answer does
+not depend on what else is in its batch). No Ray here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+import torch
+
+from secondthought.config import ServeConfig
+from secondthought.inference import Policy, SamplingParams, completion_text
+from secondthought.realign import ApiError, CompletionJob, RealignJob, Sampling, cut_at_stop, realign_answer
+from secondthought.runs import model_folder
+
+Job = Union[RealignJob, CompletionJob]
+
+
+def _device(cfg: ServeConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ApiError("device", "serve.device is cuda but this replica sees no GPU", status=500)
+    return torch.device(cfg.device)
+
+
+class Engine:
+    def __init__(self, cfg: ServeConfig, name: str = "secondthought", cpus: float = 1):
+        folder = model_folder(cfg.model, "serve.model")
+        device = _device(cfg)
+        bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+        self.cfg, self.name = cfg, name
+        self.policy = Policy.load(folder, device=device, dtype=torch.bfloat16 if bf16 else torch.float32,
+                                  threads=cfg.threads or max(1, int(cpus)))
+        self.tokenizer = self.policy.tokenizer
+        self.writes_chains = self.policy.info.writes_chains
+        self.context_limit = getattr(self.policy.model.config, "max_position_embeddings", None) or 2048
+        self.folder = Path(folder)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def _ids(self, job: Job) -> list[int]:
+        ids = self.encode(job.prompt)
+        if len(ids) + job.sampling.max_new_tokens > self.context_limit:
+            raise ApiError("prompt" if isinstance(job, CompletionJob) else "text",
+                           f"{len(ids)} prompt tokens + {job.sampling.max_new_tokens} new ones exceed the model's "
+                           f"context of {self.context_limit} tokens")
+        return ids
+
+    def _decode(self, prompts: Sequence[list[int]], jobs: Sequence[Job]) -> list[list[int]]:
+        """Each job's completion token ids; jobs with equal sampling settings are decoded together."""
+        groups: dict[Sampling, list[int]] = defaultdict(list)
+        for k, job in enumerate(jobs):
+            groups[job.sampling].append(k)
+        out: list[list[int]] = [[] for _ in jobs]
+        for s, members in groups.items():
+            params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+                                    top_p=s.top_p, batch_size=len(members))
+            for k, ids in zip(members, self.policy.sample([prompts[k] for k in members], params, seed=s.seed)):
+                out[k] = ids
+        return out
+
+    def _batch(self, jobs: Sequence[Job]) -> tuple[list, list[int]]:
+        """Prompt ids of the jobs that fit (an ApiError in place of each that does not) and their indices."""
+        prompts: list = []
+        for job in jobs:
+            try:
+                prompts.append(self._ids(job))
+            except ApiError as e:
+                prompts.append(e)
+        return prompts, [k for k, p in enumerate(prompts) if not isinstance(p, ApiError)]
+
+    def realign(self, jobs: Sequence[RealignJob]) -> list[Union[dict, ApiError]]:
+        prompts, ok = self._batch(jobs)
+        results: list = list(prompts)
+        for k, ids in zip(ok, self._decode([prompts[k] for k in ok], [jobs[k] for k in ok])):
+            text = completion_text(self.tokenizer, ids)
+            results[k] = realign_answer(jobs[k], text, self.writes_chains, self.name, len(prompts[k]), len(ids))
+        return results
+
+    def _finish(self, ids: Sequence[int], job: CompletionJob) -> tuple[str, str]:
+        text, stopped = cut_at_stop(completion_text(self.tokenizer, ids), job.stops)
+        ended = stopped or (bool(ids) and ids[-1] == self.policy.eos_id)
+        return text, "stop" if ended else "length"
+
+    def complete(self, jobs: Sequence[CompletionJob]) -> list[Union[tuple[str, str, int, int], ApiError]]:
+        """(text, finish_reason, prompt tokens, completion tokens) per job."""
+        prompts, ok = self._batch(jobs)
+        results: list = list(prompts)
+        for k, ids in zip(ok, self._decode([prompts[k] for k in ok], [jobs[k] for k in ok])):
+            results[k] = (*self._finish(ids, jobs[k]), len(prompts[k]), len(ids))
+        return results
+
+    def stream(self, job: CompletionJob) -> Iterator[tuple[str, str | None]]:
+        """(new text, None) as tokens are decoded, then ("", finish_reason). Text that could be the start of a stop
+        sequence is held back until it is known not to be one."""
+        prompt_ids = self._ids(job)
+        s = job.sampling
+        params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
+        hold = max((len(stop) for stop in job.stops), default=1) - 1
+        ids: list[int] = []
+        sent = 0
+        for token in self.policy.stream(prompt_ids, params, seed=s.seed):
+            ids.append(token)
+            text, stopped = cut_at_stop(completion_text(self.tokenizer, ids), job.stops)
+            if stopped:
+                break
+            if len(text) - hold > sent and not text.endswith("\ufffd"):  # not mid-way through a character
+                yield text[sent: len(text) - hold], None
+                sent = len(text) - hold
+        text, reason = self._finish(ids, job)
+        if len(text) > sent:
+            yield text[sent:], None
+        yield "", reason
+
+    def healthy(self) -> None:
+        """One forward pass on one token; raises if the model no longer computes finite numbers."""
+        with torch.no_grad():
+            device = next(self.policy.model.parameters()).device
+            logits = self.policy.model(input_ids=torch.tensor([[self.policy.eos_id]], device=device)).logits
+        if not math.isfinite(float(logits.float().abs().max())):
+            raise RuntimeError("the model's output is not finite")

@@ -1,0 +1,220 @@
+"""What the serving routes do, as plain functions: check a request against the server's bounds, apply edits,
+turn a model's completion into the realign answer, shape OpenAI completions. No Ray, no torch: the Serve
+deployments (serve/app.py) call these, and tests call them directly.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from secondthought.api import ApplyRequest, CompletionRequest, EditIn, RealignRequest
+from secondthought.config import ServeConfig
+from secondthought.edits import (
+    Edit,
+    EditApplyError,
+    EditChain,
+    EditError,
+    compute_edits,
+    decipher,
+    describe,
+    parse,
+    serialize,
+)
+from secondthought.formatting import check_completion, prompt, split_completion
+
+
+class ApiError(Exception):
+    """A request the server refuses: ``status`` (422 unless said), the field (``param``) and what is wrong."""
+
+    def __init__(self, param: str, message: str, status: int = 422):
+        super().__init__(f"{param}: {message}")
+        self.param, self.message, self.status = param, message, status
+
+    def body(self) -> dict:
+        """OpenAI's error shape (its client raises it as the matching error class)."""
+        return {"error": {"message": f"{self.param}: {self.message}", "type": "invalid_request_error", "param": self.param, "code": None}}
+
+    def __reduce__(self):  # raised in a replica and re-raised in the ingress: keep the fields through pickling
+        return ApiError, (self.param, self.message, self.status)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one request is decoded: requests with equal Sampling are decoded in one batch."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RealignJob:
+    """A checked realign request, ready for the model."""
+
+    prompt: str
+    """The model's prompt: context and text in the training format, then the corrected prefix if any."""
+    source: str
+    prefix: str
+    """The corrected first edits, serialized: the model's completion continues it."""
+    sampling: Sampling
+
+
+@dataclass(frozen=True)
+class CompletionJob:
+    prompt: str
+    sampling: Sampling
+    stops: tuple[str, ...] = ()
+
+
+def check_length(value: str, limit: int, param: str) -> None:
+    if len(value) > limit:
+        raise ApiError(param, f"{len(value)} characters, more than the {limit} this server accepts")
+
+
+def _unit(text: str) -> str:
+    """A word or words as edit content: with the whitespace before the first word (a client may leave it out)."""
+    return text if not text or text[:1].isspace() else " " + text
+
+
+def to_chain(edits: Sequence[EditIn], param: str = "edits") -> EditChain:
+    out = []
+    for k, e in enumerate(edits):
+        where = f"{param}[{k}]"
+        if e.op != "ins" and not e.old.strip():
+            raise ApiError(f"{where}.old", f"a {'delete' if e.op == 'del' else 'replace'} needs the text it removes")
+        if e.op != "del" and not e.new.strip():
+            raise ApiError(f"{where}.new", f"an {'insert' if e.op == 'ins' else 'replace'} needs the text it writes")
+        if e.op == "ins" and e.old:
+            raise ApiError(f"{where}.old", "an insert removes nothing: leave old empty")
+        if e.op == "del" and e.new:
+            raise ApiError(f"{where}.new", "a delete writes nothing: leave new empty")
+        out.append(Edit(e.op, e.position, _unit(e.old), _unit(e.new)))
+    chain = EditChain(tuple(out))
+    try:
+        serialize(chain)  # refuses content holding a reserved edit marker
+    except EditError as e:
+        raise ApiError(param, str(e)) from None
+    return chain
+
+
+def chain_of(edits: Optional[Sequence[EditIn]], chain: Optional[str], cfg: ServeConfig) -> EditChain:
+    """The chain a request gives, as structured edits or serialized; empty when it gives neither."""
+    if chain is not None:
+        check_length(chain, cfg.max_prompt_chars, "chain")
+        try:
+            parsed = parse(chain)
+        except EditError as e:
+            raise ApiError("chain", str(e)) from None
+    else:
+        parsed = to_chain(edits or [])
+    if len(parsed) > cfg.max_edits:
+        raise ApiError("edits" if chain is None else "chain",
+                       f"{len(parsed)} edits, more than the {cfg.max_edits} this server accepts")
+    return parsed
+
+
+def applied(chain: EditChain, text: str, param: str) -> str:
+    try:
+        return chain.apply(text)
+    except EditApplyError as e:
+        raise ApiError(param, str(e)) from None
+
+
+def views(chain: EditChain) -> list[dict]:
+    return [dict(op=e.op, position=e.pos, old=e.old, new=e.new, line=describe(e)) for e in chain.edits]
+
+
+def apply_edits(req: ApplyRequest, cfg: ServeConfig) -> dict:
+    """``POST /v1/edits/apply``: the text with the edits applied; an edit that does not fit names what is there."""
+    check_length(req.text, cfg.max_text_chars, "text")
+    chain = chain_of(req.edits, req.chain, cfg)
+    result = applied(chain, req.text, "edits" if req.chain is None else "chain")
+    return dict(result=result, edits=views(chain), chain=serialize(chain), explanation=decipher(chain))
+
+
+def _sampling(max_tokens: Optional[int], temperature: float, top_p: float, top_k: int, seed: int,
+              cfg: ServeConfig) -> Sampling:
+    if max_tokens is not None and max_tokens > cfg.max_new_tokens:
+        raise ApiError("max_tokens", f"{max_tokens} is more than the {cfg.max_new_tokens} this server writes")
+    return Sampling(max_tokens or cfg.default_new_tokens, temperature, top_p, top_k, seed)
+
+
+def realign_job(req: RealignRequest, cfg: ServeConfig, writes_chains: bool) -> RealignJob:
+    """Check a realign request; a corrected prefix must fit the text (else a 422 naming the edit)."""
+    check_length(req.text, cfg.max_text_chars, "text")
+    check_length(req.context, cfg.max_text_chars, "context")
+    prefix = chain_of(req.edits, req.chain, cfg)
+    if prefix.edits and not writes_chains:
+        raise ApiError("edits" if req.chain is None else "chain",
+                       "this model writes targets only (no chains of edits): it cannot continue a chain")
+    applied(prefix, req.text, "edits" if req.chain is None else "chain")
+    g = req.generation
+    prefix_text = serialize(prefix)
+    return RealignJob(prompt(req.context, req.text) + prefix_text, req.text, prefix_text,
+                      _sampling(g.max_tokens, g.temperature, g.top_p, g.top_k, g.seed, cfg))
+
+
+def realign_answer(job: RealignJob, completion: str, writes_chains: bool, model: str, prompt_tokens: int,
+                   completion_tokens: int) -> dict:
+    """The realign response for the model's ``completion`` (special tokens kept, EOS removed)."""
+    usage = dict(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                 total_tokens=prompt_tokens + completion_tokens)
+    if not writes_chains:  # the targets-only baseline: show its change as edits computed from the diff
+        target = split_completion(completion).target
+        chain = compute_edits(job.source, target)
+        changed = target.strip() != job.source.strip()
+        return dict(edits=views(chain), chain=serialize(chain), explanation=decipher(chain), result=target,
+                    target=target, applies=True, consistent=True, valid=changed,
+                    problem="" if changed else "the target changes nothing", edits_from="diff", model=model,
+                    usage=usage)
+    text = job.prefix + completion
+    verdict = check_completion(job.source, text)
+    part = split_completion(text)
+    try:
+        chain = parse(part.chain_text)
+    except EditError:
+        chain = parse(job.prefix)  # what the model wrote after the user's edits does not parse: keep theirs
+    result = chain.apply(job.source) if verdict.applies else None
+    return dict(edits=views(chain), chain=part.chain_text, explanation=decipher(chain), result=result,
+                target=part.target, applies=verdict.applies, consistent=verdict.consistent, valid=verdict.valid,
+                problem=verdict.reason, edits_from="model", model=model, usage=usage)
+
+
+def completion_jobs(req: CompletionRequest, cfg: ServeConfig) -> list[CompletionJob]:
+    for k, text in enumerate(req.prompts):
+        check_length(text, cfg.max_prompt_chars, "prompt" if isinstance(req.prompt, str) else f"prompt[{k}]")
+    sampling = _sampling(req.max_tokens, req.temperature, req.top_p, 0, req.seed or 0, cfg)
+    return [CompletionJob(text, sampling, tuple(req.stops)) for text in req.prompts]
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the first stop sequence in it, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex}"
+
+
+def completion_body(model: str, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int) -> dict:
+    """OpenAI's completion object; ``choices``: (text, finish_reason) per prompt."""
+    return {"id": completion_id(), "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"text": text, "index": k, "logprobs": None, "finish_reason": reason}
+                        for k, (text, reason) in enumerate(choices)],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+
+
+def stream_chunk(cid: str, created: int, model: str, text: str, finish_reason: Optional[str]) -> dict:
+    return {"id": cid, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]}
+
+
+def models_body(model: str, created: int) -> dict:
+    return {"object": "list", "data": [{"id": model, "object": "model", "created": created, "owned_by": "secondthought"}]}

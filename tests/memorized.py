@@ -1,0 +1,53 @@
+"""A tiny model that has learned a few realignments by heart: a real model folder (safetensors, tokenizer,
+secondthought.json) whose greedy chains are known, so the serving tests can check real answers in seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SAMPLE = Path(__file__).resolve().parents[1] / "secondthought" / "data" / "sample.jsonl"
+
+
+def triples(n: int = 2) -> list[tuple[str, str, str]]:
+    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:n]]
+    return [(" ".join(r[k] for k in ("norm", "situation", "intention")), r["immoral_action"], r["moral_action"])
+            for r in rows]
+
+
+CORRECTION = ("waits her turn and", "waits patiently and")
+"""A user's correction of the first triple's first edit, which the model also learns to continue after."""
+
+
+def memorized_model(tokenizer, dest: Path, steps: int = 100, seed: int = 0) -> Path:
+    """tiny-llama trained on the first sample triple until greedy decoding writes its chain and target, and the
+    same after the corrected first edit (so regenerating after a correction has one right answer)."""
+    import torch
+
+    from secondthought.edits import compute_edits, serialize
+    from secondthought.formatting import completion, prompt
+    from secondthought.models import build_base_model, load_model
+    from secondthought.runs import ModelInfo, write_model_info
+
+    build_base_model("tiny-llama", tokenizer, dest, seed=seed)
+    model = load_model(dest)
+    context, source, target = triples(1)[0]
+    corrected = target.replace(*CORRECTION)
+    # the original twice: greedy decoding then writes it (p ~ 2/3) unless the prefix says otherwise
+    texts = [prompt(context, source) + completion(serialize(compute_edits(source, t)), t)
+             for t in (target, target, corrected)]
+    rows = [tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for text in texts]
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        for ids in rows:
+            x = torch.tensor([ids])
+            loss = model(input_ids=x, labels=x).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    model.eval()
+    model.save_pretrained(dest)
+    write_model_info(dest, ModelInfo(stage="sft", base_model="tiny-llama"))
+    return dest
