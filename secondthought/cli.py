@@ -118,6 +118,8 @@ def _serve(args: Namespace, s: dict) -> None:
                 f"{url}/v1/completions (OpenAI), {url}/docs\nCtrl-C stops the server")
             while True:
                 time.sleep(3600)
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how a server is meant to stop
+            say("stopping the server")
         finally:
             serve.shutdown()
 

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from secondthought.api import (
@@ -96,6 +97,14 @@ api = FastAPI(title="SecondThought", description="Realign text by chains of edit
 async def _api_error(request: Request, e: ApiError) -> JSONResponse:
     e = getattr(e, "cause", e)  # raised in a model replica: Ray's wrapper of it carries it as its cause
     return JSONResponse(e.body(), status_code=e.status)
+
+
+@api.exception_handler(BackPressureError)
+async def _busy(request: Request, e: BackPressureError) -> JSONResponse:
+    """The model replicas' queues are full (max_queued_requests): come back later, as Serve's own 503 says."""
+    body = {"error": {"message": "the server is busy: every model replica's queue is full, retry shortly",
+                      "type": "server_busy", "param": None, "code": 503}}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
 @api.exception_handler(RequestValidationError)

@@ -38,3 +38,11 @@ def tokenizer():
     from secondthought.models import load_tokenizer
 
     return load_tokenizer("smollm2")
+
+
+@pytest.fixture(scope="session")
+def memorized(tokenizer, tmp_path_factory):
+    """A tiny model folder that writes the first sample triple's chain and target (tests/memorized.py)."""
+    from tests.memorized import memorized_model
+
+    return memorized_model(tokenizer, tmp_path_factory.mktemp("memorized") / "model")

@@ -3,54 +3,27 @@ openai client, and the page in headless Chromium."""
 
 from __future__ import annotations
 
-import copy
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.memorized import CORRECTION, memorized_model, triples
+from tests.memorized import CORRECTION, triples
+from tests.serving import config_for, free_port, post
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / ".artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def deployment(raw: dict, name: str) -> dict:
-    return next(d for d in raw["applications"][0]["deployments"] if d["name"] == name)
-
-
-def config_for(model: Path, port: int) -> dict:
-    """serve/config.yaml for a test: this model, a free loopback port, replicas small enough for a 2-CPU Ray."""
-    from serve.deploy import load_config
-
-    raw = load_config(None, str(model), "127.0.0.1", port)
-    deployment(raw, "Api")["ray_actor_options"]["num_cpus"] = 0.1
-    deployment(raw, "Realigner")["ray_actor_options"]["num_cpus"] = 0.5
-    raw["applications"][0]["args"]["threads"] = 1
-    return raw
-
-
 @pytest.fixture(scope="module")
-def model(tokenizer, tmp_path_factory):
-    return memorized_model(tokenizer, tmp_path_factory.mktemp("serve") / "model")
-
-
-@pytest.fixture(scope="module")
-def server(ray_local, model):
+def server(ray_local, memorized):
     from ray import serve
 
     from serve.deploy import deploy
 
-    raw = config_for(model, free_port())
+    raw = config_for(memorized, free_port())
     url = deploy(raw)
     yield url, raw
     serve.shutdown()
@@ -60,10 +33,6 @@ def server(ray_local, model):
 def example():
     context, source, target = triples(1)[0]
     return context, source, target
-
-
-def post(url: str, path: str, body) -> requests.Response:
-    return requests.post(url + path, json=body, timeout=60)
 
 
 def test_realign_writes_edits_that_apply_and_give_its_target(server, example):
