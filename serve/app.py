@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
@@ -136,9 +137,17 @@ class Api:
     def models(self) -> dict:
         return models_body(self.name, self.created)
 
+    async def _call(self, method: str, job):
+        """The model's answer; once more on another replica if the one that had it died (answers are
+        deterministic for a request, so asking twice is safe)."""
+        try:
+            return await getattr(self.model, method).remote(job)
+        except RayActorError:  # also ActorUnavailableError
+            return await getattr(self.model, method).remote(job)
+
     @api.post("/v1/realign", response_model=RealignResponse)
     async def realign(self, req: RealignRequest) -> dict:
-        return await self.model.realign.remote(realign_job(req, self.cfg, self.writes_chains))
+        return await self._call("realign", realign_job(req, self.cfg, self.writes_chains))
 
     @api.post("/v1/edits/apply", response_model=ApplyResponse)
     def apply(self, req: ApplyRequest) -> dict:
@@ -153,7 +162,7 @@ class Api:
             if len(jobs) != 1:
                 raise ApiError("prompt", "stream one prompt at a time")
             return StreamingResponse(self._events(jobs[0]), media_type="text/event-stream")
-        results = await asyncio.gather(*(self.model.complete.remote(job) for job in jobs))
+        results = await asyncio.gather(*(self._call("complete", job) for job in jobs))
         return completion_body(self.name, [(text, reason) for text, reason, _, _ in results],
                                sum(r[2] for r in results), sum(r[3] for r in results))
 

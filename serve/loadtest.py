@@ -94,12 +94,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model folder to serve (e.g. runs/demo/sft/model)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, nargs="+", default=[24, 96, 256],
+    parser.add_argument("--requests", type=int, nargs="+", default=[16, 64, 160],
                         help="requests measured at each concurrency (after a warm-up)")
     parser.add_argument("--batch-size", type=int, default=8, help="max_batch_size with batching on")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens each request may write")
     parser.add_argument("--level-seconds", type=float, default=240, help="stop a level after this long")
     parser.add_argument("--soak", type=int, default=2000, help="requests of the final soak (batching on)")
+    parser.add_argument("--soak-max-tokens", type=int, default=16,
+                        help="tokens each soak request may write (the soak counts errors, not throughput)")
     parser.add_argument("--gpu", action="store_true", help="deploy serve/config.gpu.yaml (one GPU per replica)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--out", default=None, help="write the figures here as JSON")
@@ -110,6 +112,8 @@ def main() -> None:
     loopback_only()
     import ray
     from ray import serve
+
+    from secondthought.runtime import shutdown
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", include_dashboard=False, log_to_driver=False,
@@ -128,14 +132,14 @@ def main() -> None:
                       f"{row['seconds']} s)", flush=True)
         if a.soak:
             url = deploy_for_load(a.model, a.port, a.batch_size, a.gpu)
-            soak = asyncio.run(drive(url, bodies(a.soak, a.max_tokens), max(a.concurrency), 3600))
+            soak = asyncio.run(drive(url, bodies(a.soak, a.soak_max_tokens), max(a.concurrency), 3600))
             results["soak"] = soak
             errors = sum(v for k, v in soak["codes"].items() if k != 200)
             print(f"soak: {soak['requests']} requests at c={soak['concurrency']}, {soak['requests_per_s']} req/s, "
                   f"codes {soak['codes']}, {errors} not 200", flush=True)
     finally:
         serve.shutdown()
-        ray.shutdown()
+        shutdown(started_here=True)
     batched = {r["concurrency"]: r["requests_per_s"] for r in results["levels"].get("batched", [])}
     unbatched = {r["concurrency"]: r["requests_per_s"] for r in results["levels"].get("unbatched", [])}
     results["batching_speedup"] = {c: round(batched[c] / unbatched[c], 2) for c in batched

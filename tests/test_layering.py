@@ -66,3 +66,13 @@ def test_no_stage_imports_another_stage():
             continue
         others = {m: stage_of(m) for m in imports(path) if stage_of(m) not in (None, mine)}
         assert not others, f"{name} (stage {mine}) imports {others}"
+
+
+def test_serving_imports_the_inference_side_only():
+    """serve/ (the Serve application) and the serving library import no training or evaluation stage."""
+    serving = [*sorted((PACKAGE.parent / "serve").glob("*.py")),
+               *(PACKAGE / f"{name}.py" for name in ("api", "realign", "engine"))]
+    for path in serving:
+        staged = {m: stage_of(m) for m in imports(path) if stage_of(m)}
+        assert not staged, f"{path.name} imports {staged}"
+    assert "secondthought.engine" in imports(PACKAGE.parent / "serve" / "app.py")

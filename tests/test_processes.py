@@ -40,6 +40,7 @@ def prepared(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # about 4.5 minutes; the interrupted command below checks the same in the default suite
 def test_no_ray_process_outlives_a_command_after_a_recovered_failure(prepared, tmp_path):
     """A training worker dies abruptly at step 2; Ray Train restarts the group and the run finishes."""
     failed = tmp_path / "failed"

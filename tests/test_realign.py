@@ -1,0 +1,106 @@
+"""The serving routes' logic as plain functions and the Engine, without Ray: what the Serve deployments call."""
+
+from __future__ import annotations
+
+import pytest
+
+from secondthought.api import ApplyRequest, CompletionRequest, EditIn, RealignRequest
+from secondthought.config import ServeConfig
+from secondthought.edits import compute_edits, serialize
+from secondthought.formatting import TGT, prompt
+from secondthought.realign import (
+    ApiError,
+    apply_edits,
+    completion_jobs,
+    cut_at_stop,
+    realign_answer,
+    realign_job,
+)
+from tests.memorized import triples
+
+CFG = ServeConfig(model="unused", max_edits=3)
+SOURCE, TARGET = "Tom kicks the dog hard.", "Tom pets the dog gently."
+
+
+def job(**kw):
+    return realign_job(RealignRequest(text=SOURCE, **kw), CFG, writes_chains=True)
+
+
+def test_apply_takes_words_as_a_person_writes_them_or_a_serialized_chain():
+    out = apply_edits(ApplyRequest(text=SOURCE, edits=[EditIn(op="rep", position=1, old="kicks", new="pets"),
+                                                       EditIn(op="rep", position=4, old="hard.", new="gently.")]), CFG)
+    assert out["result"] == TARGET and out["chain"] == serialize(compute_edits(SOURCE, TARGET))
+    assert [e["line"] for e in out["edits"]] == ['replace "kicks" with "pets" (word 2)',
+                                                 'replace "hard." with "gently." (word 5)']
+    assert apply_edits(ApplyRequest(text=SOURCE, chain=out["chain"]), CFG)["result"] == TARGET
+
+
+@pytest.mark.parametrize("edits, param, words", [
+    ([EditIn(op="del", position=1)], "edits[0].old", "needs the text it removes"),
+    ([EditIn(op="ins", position=1, old="x", new="y")], "edits[0].old", "leave old empty"),
+    ([EditIn(op="rep", position=1, old="kicks")], "edits[0].new", "needs the text it writes"),
+    ([EditIn(op="ins", position=0, new="a")] * 4, "edits", "4 edits, more than the 3"),
+    ([EditIn(op="ins", position=2, new="a"), EditIn(op="ins", position=1, new="b")], "edits", "before an earlier"),
+])
+def test_edits_that_cannot_be_applied_are_refused_naming_the_field(edits, param, words):
+    with pytest.raises(ApiError) as e:
+        apply_edits(ApplyRequest(text=SOURCE, edits=edits), CFG)
+    assert e.value.param == param and words in e.value.message and e.value.status == 422
+
+
+def test_a_chain_that_does_not_apply_gives_no_result_and_says_why():
+    j = job()
+    answer = realign_answer(j, f"<|del|> 1 hits{TGT}Tom the dog.", True, "m", 10, 5)
+    assert answer["result"] is None and not answer["applies"] and not answer["valid"]
+    assert "expects 'hits' but the source has 'kicks'" in answer["problem"]
+    assert answer["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+
+
+def test_a_prefix_is_part_of_the_chain_and_kept_when_the_rest_does_not_parse():
+    j = job(edits=[EditIn(op="rep", position=1, old="kicks", new="pets")])
+    assert j.prompt == prompt("", SOURCE) + "<|rep|> 1 kicks <|with|> pets"
+    whole = realign_answer(j, f" <|rep|> 4 hard. <|with|> gently.{TGT}{TARGET}", True, "m", 1, 1)
+    assert whole["result"] == TARGET and whole["consistent"] and len(whole["edits"]) == 2
+    broken = realign_answer(j, " <|rep|> 4 <|with|>", True, "m", 1, 1)
+    assert [e["new"] for e in broken["edits"]] == [" pets"] and not broken["applies"]
+
+
+def test_a_targets_only_model_shows_its_change_as_edits_from_the_diff():
+    j = realign_job(RealignRequest(text=SOURCE), CFG, writes_chains=False)
+    answer = realign_answer(j, f"{TGT}{TARGET}", False, "m", 1, 1)
+    assert answer["edits_from"] == "diff" and answer["result"] == TARGET and answer["valid"]
+    assert [e["op"] for e in answer["edits"]] == ["rep", "rep"]
+    with pytest.raises(ApiError, match="writes targets only"):
+        realign_job(RealignRequest(text=SOURCE, chain="<|del|> 1 kicks"), CFG, writes_chains=False)
+
+
+def test_generation_limits_and_stop_sequences():
+    with pytest.raises(ApiError, match="more than the 256"):
+        job(generation={"max_tokens": 257})
+    assert job().sampling.max_new_tokens == CFG.default_new_tokens
+    [c] = completion_jobs(CompletionRequest(prompt="x", max_tokens=5, stop="<|tgt|>", temperature=0), CFG)
+    assert c.sampling.max_new_tokens == 5 and c.stops == ("<|tgt|>",)
+    assert cut_at_stop("ab<|tgt|>cd", ["<|tgt|>", "b"]) == ("a", True)
+    assert cut_at_stop("abc", ["x"]) == ("abc", False)
+
+
+def test_the_engine_streams_the_same_text_it_completes_and_holds_back_a_stop(memorized):
+    from secondthought.engine import Engine
+    from secondthought.realign import CompletionJob, Sampling
+
+    engine = Engine(ServeConfig(model=str(memorized)))
+    context, source, target = triples(1)[0]
+    whole = CompletionJob(prompt(context, source), Sampling(100))
+    [(text, reason, _, n)] = engine.complete([whole])
+    assert text.endswith(TGT + target) and reason == "stop" and n > 10
+    pieces = list(engine.stream(whole))
+    assert "".join(t for t, _ in pieces) == text and pieces[-1] == ("", "stop") and len(pieces) > 10
+    cut = CompletionJob(whole.prompt, Sampling(100), stops=(TGT,))
+    assert "".join(t for t, _ in engine.stream(cut)) == text.split(TGT)[0]
+    [answer] = engine.realign([realign_job(RealignRequest(context=context, text=source), ServeConfig(model="x"),
+                                           True)])
+    assert answer["result"] == target and answer["consistent"]
+    too_long = CompletionJob("a " * 3000, Sampling(100))
+    [refused] = engine.complete([too_long])
+    assert isinstance(refused, ApiError) and "context of 2048 tokens" in refused.message
+    engine.healthy()
