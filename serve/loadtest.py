@@ -4,8 +4,8 @@ on and off, in one run (so the ratio is measured on one machine, at one time).
     python -m serve.loadtest --model runs/demo/sft/model                 # CPU, the fine-tuned SmolLM2
     python -m serve.loadtest --model runs/demo/sft/model --gpu            # on a GPU machine
 
-It starts its own Ray on loopback, deploys serve/config.yaml with the model (one model replica, so that the
-comparison is batching alone), and sends POST /v1/realign requests built from the bundled sample to 127.0.0.1
+It starts its own Ray on loopback, deploys serve/config.yaml with the model (one model replica with the
+config's CPUs and threads, so that the comparison is batching alone), and sends POST /v1/realign requests built from the bundled sample to 127.0.0.1
 only: a warm-up, then a fixed number of requests at each concurrency, each level bounded in time. Then a soak of
 --soak requests at the highest concurrency with batching on, counting every non-200 answer. Prints a table and
 the batched / unbatched throughput ratio; --out writes the figures as JSON.
@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 from secondthought.runtime import loopback_only
+
+APP = "secondthought"
 
 
 def bodies(n: int, max_tokens: int) -> list[dict]:
@@ -74,14 +76,20 @@ async def drive(url: str, work: list[dict], concurrency: int, limit_s: float) ->
 
 
 def deploy_for_load(model: str, port: int, batch: int, gpu: bool) -> str:
+    """The shipped config with one model replica of ``batch``; an earlier deployment is deleted first (an
+    update would start the new replica beside the old one, and a small machine has no room for both)."""
+    from ray import serve
+
     from serve.deploy import CONFIG, GPU_CONFIG, deploy, load_config
+
+    if APP in serve.status().applications:
+        serve.delete(APP)
 
     raw = load_config(GPU_CONFIG if gpu else CONFIG, model, "127.0.0.1", port)
     raw["proxy_location"] = "HeadOnly"
     args = raw["applications"][0]["args"]
-    args.update(max_batch_size=batch, threads=0 if gpu else os.cpu_count() or 1)
+    args.update(max_batch_size=batch)
     for d in raw["applications"][0]["deployments"]:
-        d["ray_actor_options"]["num_cpus"] = 0.1 if d["name"] == "Api" else 1
         if d["name"] == "Api":
             d["num_replicas"] = 1
         if d["name"] == "Realigner":  # one replica: the comparison is batching alone
@@ -100,7 +108,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens each request may write")
     parser.add_argument("--level-seconds", type=float, default=240, help="stop a level after this long")
     parser.add_argument("--soak", type=int, default=2000, help="requests of the final soak (batching on)")
-    parser.add_argument("--soak-max-tokens", type=int, default=16,
+    parser.add_argument("--soak-max-tokens", type=int, default=4,
                         help="tokens each soak request may write (the soak counts errors, not throughput)")
     parser.add_argument("--gpu", action="store_true", help="deploy serve/config.gpu.yaml (one GPU per replica)")
     parser.add_argument("--port", type=int, default=8765)
