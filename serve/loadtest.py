@@ -38,7 +38,7 @@ def bodies(n: int, max_tokens: int) -> list[dict]:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] if ordered else float("nan")
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 async def drive(url: str, work: list[dict], concurrency: int, limit_s: float) -> dict:

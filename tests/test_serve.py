@@ -186,7 +186,7 @@ def test_the_page_realigns_unticks_an_edit_and_reapplies(server, example):
 def test_health_and_the_yaml_the_server_runs_on(server):
     from ray import serve
 
-    url, raw = server
+    url, _ = server
     assert requests.get(url + "/healthz", timeout=10).json() == {"status": "ok", "model": "secondthought-sft"}
     assert requests.get(url + "/-/healthz", timeout=10).status_code == 200  # Serve's proxy
     status = serve.status().applications["secondthought"]
