@@ -219,7 +219,8 @@ COMMANDS = {
         "it. Runs until Ctrl-C.",
         ("ray",),
         (("--model", dict(required=True, help="model folder to serve, e.g. runs/demo/rl/model")),
-         ("--host", dict(default=None, help="address to listen on (default: the config's, 127.0.0.1)")),
+         ("--host", dict(default=None, help="address to listen on (default: the config's, 127.0.0.1); a wider "
+                                           "one (another interface, or all of them) only if you ask for it here")),
          ("--port", dict(type=int, default=None, help="port (default: the config's, 8000)")),
          ("--app-config", dict(default=None, help="Serve config file (default: serve/config.yaml)"))),
         _serve),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 import torch
 
@@ -28,6 +28,11 @@ def _device(cfg: ServeConfig) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ApiError("device", "serve.device is cuda but this replica sees no GPU", status=500)
     return torch.device(cfg.device)
+
+
+def _params(s: Sampling, batch_size: int = 1) -> SamplingParams:
+    return SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                          batch_size=batch_size)
 
 
 class Engine:
@@ -61,29 +66,28 @@ class Engine:
             groups[job.sampling].append(k)
         out: list[list[int]] = [[] for _ in jobs]
         for s, members in groups.items():
-            params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
-                                    top_p=s.top_p, batch_size=len(members))
-            for k, ids in zip(members, self.policy.sample([prompts[k] for k in members], params, seed=s.seed)):
+            completions = self.policy.sample([prompts[k] for k in members], _params(s, len(members)), seed=s.seed)
+            for k, ids in zip(members, completions):
                 out[k] = ids
         return out
 
-    def _batch(self, jobs: Sequence[Job]) -> tuple[list, list[int]]:
-        """Prompt ids of the jobs that fit (an ApiError in place of each that does not) and their indices."""
-        prompts: list = []
+    def _run(self, jobs: Sequence[Job], answer: Callable[[Job, list[int], list[int]], object]) -> list:
+        """``answer(job, prompt ids, completion ids)`` for each job that fits the model, decoded in one batch; an
+        ApiError in place of each job that does not."""
+        results: list = []
         for job in jobs:
             try:
-                prompts.append(self._ids(job))
+                results.append(self._ids(job))
             except ApiError as e:
-                prompts.append(e)
-        return prompts, [k for k, p in enumerate(prompts) if not isinstance(p, ApiError)]
+                results.append(e)
+        ok = [k for k, r in enumerate(results) if not isinstance(r, ApiError)]
+        for k, ids in zip(ok, self._decode([results[k] for k in ok], [jobs[k] for k in ok])):
+            results[k] = answer(jobs[k], results[k], ids)
+        return results
 
     def realign(self, jobs: Sequence[RealignJob]) -> list[Union[dict, ApiError]]:
-        prompts, ok = self._batch(jobs)
-        results: list = list(prompts)
-        for k, ids in zip(ok, self._decode([prompts[k] for k in ok], [jobs[k] for k in ok])):
-            text = completion_text(self.tokenizer, ids)
-            results[k] = realign_answer(jobs[k], text, self.writes_chains, self.name, len(prompts[k]), len(ids))
-        return results
+        return self._run(jobs, lambda job, prompt, ids: realign_answer(
+            job, completion_text(self.tokenizer, ids), self.writes_chains, self.name, len(prompt), len(ids)))
 
     def _finish(self, ids: Sequence[int], job: CompletionJob) -> tuple[str, str]:
         text, stopped = cut_at_stop(completion_text(self.tokenizer, ids), job.stops)
@@ -92,22 +96,16 @@ class Engine:
 
     def complete(self, jobs: Sequence[CompletionJob]) -> list[Union[tuple[str, str, int, int], ApiError]]:
         """(text, finish_reason, prompt tokens, completion tokens) per job."""
-        prompts, ok = self._batch(jobs)
-        results: list = list(prompts)
-        for k, ids in zip(ok, self._decode([prompts[k] for k in ok], [jobs[k] for k in ok])):
-            results[k] = (*self._finish(ids, jobs[k]), len(prompts[k]), len(ids))
-        return results
+        return self._run(jobs, lambda job, prompt, ids: (*self._finish(ids, job), len(prompt), len(ids)))
 
     def stream(self, job: CompletionJob) -> Iterator[tuple[str, str | None]]:
         """(new text, None) as tokens are decoded, then ("", finish_reason). Text that could be the start of a stop
         sequence is held back until it is known not to be one."""
         prompt_ids = self._ids(job)
-        s = job.sampling
-        params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
         hold = max((len(stop) for stop in job.stops), default=1) - 1
         ids: list[int] = []
         sent = 0
-        for token in self.policy.stream(prompt_ids, params, seed=s.seed):
+        for token in self.policy.stream(prompt_ids, _params(job.sampling), seed=job.sampling.seed):
             ids.append(token)
             text, stopped = cut_at_stop(completion_text(self.tokenizer, ids), job.stops)
             if stopped:

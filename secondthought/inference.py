@@ -96,6 +96,10 @@ def _sample_batch(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: 
     return completions
 
 
+def _generator(model, seed: int) -> torch.Generator:
+    return torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+
+
 def sample(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, params: SamplingParams,
            seed: int, done: Optional[Callable[[int], None]] = None) -> list[list[int]]:
     """One completion per prompt (token ids; ends with ``eos_id`` unless cut at max_new_tokens).
@@ -103,7 +107,7 @@ def sample(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, pa
     The same model, prompts, parameters and seed give the same completions, so work lost with a
     dead actor can be redone exactly.
     """
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    generator = _generator(model, seed)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     completions: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), params.batch_size):
@@ -168,8 +172,8 @@ class Policy:
 
     def stream(self, prompt: Sequence[int], params: SamplingParams, seed: int = 0) -> Iterator[int]:
         """One prompt's completion, a token id at a time as it is decoded (the same tokens as :meth:`sample`)."""
-        generator = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
-        for _, tokens in _decode(self.model, [prompt], self.eos_id, self.tokenizer.pad_token_id, params, generator):
+        for _, tokens in _decode(self.model, [prompt], self.eos_id, self.tokenizer.pad_token_id, params,
+                                 _generator(self.model, seed)):
             yield tokens[0]
 
     def output(self, ids: Sequence[int], source: Optional[str] = None) -> Output:

@@ -30,8 +30,9 @@ def test_the_shipped_configs_pass_and_say_what_matters(path):
     assert model.health_check_period_s and model.health_check_timeout_s and model.graceful_shutdown_timeout_s
 
 
-def test_the_cpu_config_listens_on_loopback_and_the_gpu_one_asks_for_gpus():
-    assert yaml.safe_load(CONFIG.read_text())["http_options"]["host"] == "127.0.0.1"
+def test_both_configs_listen_on_loopback_and_the_gpu_one_asks_for_gpus():
+    for path in (CONFIG, GPU_CONFIG):
+        assert yaml.safe_load(path.read_text())["http_options"]["host"] == "127.0.0.1"
     gpu = yaml.safe_load(GPU_CONFIG.read_text())["applications"][0]
     assert gpu["args"]["device"] == "cuda"
     assert next(d for d in gpu["deployments"] if d["name"] == "Realigner")["ray_actor_options"]["num_gpus"] == 1
