@@ -124,6 +124,40 @@ def _serve(args: Namespace, s: dict) -> None:
             serve.shutdown()
 
 
+def _submit(args: Namespace, s: dict) -> int:
+    from jobs import submit
+
+    what, rest = (args.job[0], args.job[1:]) if args.job else ("", [])
+    if what in submit.ACTIONS:
+        return submit.action(what, rest, submit.address(args.address))
+    job, name, sections = submit.build(args.job, args.runtime_env, submission_id=args.submission_id,
+                                       num_cpus=args.entrypoint_num_cpus, num_gpus=args.entrypoint_num_gpus)
+    upload = submit.upload_size(Path(job.runtime_env["working_dir"]), job.runtime_env.get("excludes", []))[0] \
+        if "working_dir" in job.runtime_env else None
+    if args.dry_run:
+        say(submit.describe(job, upload))
+        return 0
+    dashboard = submit.address(args.address)
+    if not args.skip_resource_check:
+        problems = submit.check_resources(name, sections, submit.cluster_nodes(dashboard))
+        if problems:
+            raise ConfigError("the job would wait forever for resources no node has:\n  " + "\n  ".join(problems)
+                              + "\n(on a cluster that starts such nodes on demand, pass --skip-resource-check)")
+    submission_id = submit.submit(job, dashboard)
+    say(f"submitted {submission_id} to {dashboard}: {job.entrypoint}")
+    if args.no_wait:
+        say(f"follow it with: secondthought submit --address {dashboard} logs {submission_id}")
+        return 0
+    try:
+        status = submit.follow(dashboard, submission_id)
+    except KeyboardInterrupt:
+        say(f"stopped following; the job goes on. Stop it with: secondthought submit --address {dashboard} "
+            f"stop {submission_id}")
+        return 130
+    say(f"{submission_id}: {status}")
+    return submit.EXIT.get(status, 1)
+
+
 def _edits(args: Namespace, s: dict) -> None:
     from secondthought.edits import compute_edits, decipher, serialize
 
@@ -142,7 +176,8 @@ class Command:
     sections: tuple[str, ...]
     """Config sections it takes (``--data.*``, ``--sft.*``, ...) and hands to ``run``."""
     arguments: tuple[tuple[str, dict], ...]
-    run: Callable[[Namespace, dict], None]
+    run: Callable[[Namespace, dict], int | None]
+    """Runs the command; may return its exit status."""
 
 
 COMMANDS = {
@@ -224,6 +259,32 @@ COMMANDS = {
          ("--port", dict(type=int, default=None, help="port (default: the config's, 8000)")),
          ("--app-config", dict(default=None, help="Serve config file (default: serve/config.yaml)"))),
         _serve),
+    "submit": Command(
+        "send a stage or the pipeline to a Ray cluster as a job; status, logs, stop, list",
+        "Send `secondthought STAGE ARGS...` to a running Ray cluster through the Job Submission API, stream its "
+        "logs and exit with its final status (0 SUCCEEDED, 1 FAILED, 3 STOPPED):\n"
+        "  secondthought submit --address http://HEAD:8265 -- pipeline --config jobs/pipeline.yaml --out /shared/runs/a\n"
+        "  secondthought submit [--address URL] status|logs|stop ID\n"
+        "  secondthought submit [--address URL] list\n"
+        "The address defaults to RAY_API_SERVER_ADDRESS, then RAY_ADDRESS; a cluster with token authentication "
+        "takes Ray's usual RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or ~/.ray/auth_token). Before sending, it "
+        "checks that the stage's config parses, that --out is an absolute path, that the working_dir fits Ray's "
+        "upload cap and that the cluster's nodes can hold what the stage asks for; --dry-run prints the job.",
+        (),
+        (("--address", dict(default=None, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")),
+         ("--runtime-env", dict(default=str(Path(__file__).resolve().parent.parent / "jobs" / "runtime_env.yaml"),
+                                help="runtime_env YAML: working_dir (relative to here), excludes, env_vars")),
+         ("--submission-id", dict(default=None, help="the job's id (default: one Ray makes up)")),
+         ("--entrypoint-num-cpus", dict(type=float, default=None, help="CPUs reserved for the job's driver")),
+         ("--entrypoint-num-gpus", dict(type=float, default=None, help="GPUs reserved for the job's driver")),
+         ("--no-wait", dict(action="store_true", help="return once the job is sent")),
+         ("--dry-run", dict(action="store_true", help="check and print what would be sent; send nothing")),
+         ("--skip-resource-check", dict(action="store_true",
+                                        help="send even when no node can hold what the stage asks for now "
+                                             "(a cluster that adds such nodes on demand)")),
+         ("job", dict(nargs="*", help="-- STAGE ARGS... (e.g. -- sft --config jobs/sft.yaml --prepared /shared/p "
+                                      "--out /shared/s), or status ID, logs ID, stop ID, list"))),
+        _submit),
     "edits": Command(
         "show the chain of edits between two texts",
         "Show the chain of edits from SOURCE to TARGET: serialized and in plain English.",
@@ -256,6 +317,14 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def parse_stage(argv: list[str]) -> tuple[str, Namespace, dict]:
+    """``secondthought ARGV`` parsed as the command line would: the command, its arguments and its config
+    sections (a bad value raises ConfigError naming its flag)."""
+    cfg = build_parser().parse_args(argv)
+    name, args = cfg.command, cfg[cfg.command]
+    return name, args, {s: SECTIONS[s](**args[s].as_dict()) for s in COMMANDS[name].sections}
+
+
 def run(argv: list[str] | None = None) -> int:
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the stages show their own progress
     cfg = build_parser().parse_args(argv)
@@ -270,7 +339,7 @@ def run(argv: list[str] | None = None) -> int:
         with captured(log, args.verbose) if log else contextlib.nullcontext():
             if log:
                 say(f"secondthought {name}: full log in {log}")
-            command.run(args, {s: SECTIONS[s](**args[s].as_dict()) for s in command.sections})
+            code = command.run(args, {s: SECTIONS[s](**args[s].as_dict()) for s in command.sections}) or 0
     except ConfigError as e:  # also one raised in a Ray task: its cause is the error itself
         error, code = f"secondthought {name}: error: {getattr(e, 'cause', None) or e}", 2
     except KeyboardInterrupt:

@@ -112,11 +112,15 @@ class EngineConfig:
     max_failures: int = 2
     """Recover from a dead training worker (sft) or learner / discriminator (rl) this many times, from the
     last checkpoint."""
+    placement_strategy: str = "PACK"
+    """How the workers (sft) or the actors' bundles (rl) spread over a cluster's nodes: PACK (as few nodes as
+    fit), SPREAD (as many as possible) or STRICT_SPREAD (one per node, or wait for enough nodes)."""
 
     def __post_init__(self) -> None:
         _choice(f"{self._flag}.zero_stage", self.zero_stage, (0, 1, 2, 3))
         _choice(f"{self._flag}.precision", self.precision, ("auto", "bf16", "fp32"))
         _choice(f"{self._flag}.tracking", self.tracking, ("tensorboard", "mlflow", "wandb"))
+        _choice(f"{self._flag}.placement_strategy", self.placement_strategy, ("PACK", "SPREAD", "STRICT_SPREAD"))
         if self.log_every < 1:
             raise ConfigError(f"{self._flag}.log_every must be at least 1, got {self.log_every}")
         if self.max_failures < 0:

@@ -243,7 +243,7 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
     test = test[: cfg.max_rows] if cfg.max_rows else test
     claim(out.path, "report", done_file=REPORT)
     started = time.time()
-    with ray_session(ray_cfg):
+    with ray_session(ray_cfg, shared=out.path):
         import ray
 
         remote = ray.remote(num_cpus=1)

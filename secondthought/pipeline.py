@@ -46,7 +46,7 @@ def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: R
     targets_only, judged = TrainingDir(out / "sft-targets"), ReportDir(out / "eval")
     stages: dict[str, dict] = {}
     started = time.time()
-    with ray_session(ray_cfg):  # one Ray for every stage
+    with ray_session(ray_cfg, shared=out):  # one Ray for every stage
         stages["prepare"] = run_once("prepare", prepared.manifest_file, "chains of edits and token ids",
                                      lambda _: run_prepare(data, prepare, ray_cfg, prepared.path, overwrite=True,
                                                            progress=progress))

@@ -271,7 +271,7 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
     n_edits: Counter[int] = Counter()
     splits: Counter[str] = Counter()
     expected = sum(c.lines for c in chunks) if all(c.lines is not None for c in chunks) else None
-    with ray_session(ray_cfg):
+    with ray_session(ray_cfg, shared=out):
         import ray  # after ray_session: a local Ray must learn that it listens on loopback only
 
         context = ray.data.DataContext.get_current()

@@ -8,10 +8,12 @@ import os
 import signal
 import sys
 import threading
+import uuid
 import warnings
+from pathlib import Path
 from typing import Iterator
 
-from secondthought.config import RayConfig
+from secondthought.config import ConfigError, RayConfig
 
 _LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
@@ -27,8 +29,11 @@ def loopback_only() -> None:
 
 
 @contextlib.contextmanager
-def ray_session(cfg: RayConfig) -> Iterator[None]:
-    """Connect to ``cfg.address`` or start a local Ray (listening on 127.0.0.1 only); shut down what we started."""
+def ray_session(cfg: RayConfig, shared: str | Path | None = None) -> Iterator[None]:
+    """Connect to ``cfg.address`` or start a local Ray (listening on 127.0.0.1 only); shut down what we started.
+
+    ``shared``: the run directory. On a cluster of more than one node every node must see it (the workers
+    write checkpoints and metrics there): checked before any work starts."""
     local = cfg.address in (None, "local")
     if local:
         loopback_only()
@@ -47,11 +52,47 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
     # Ray's core worker catches SIGTERM and aborts the driver, skipping the shutdown below: take it back
     previous = interrupt_on_sigterm()
     try:
+        if shared is not None and not local:
+            check_shared(Path(shared))
         yield
     finally:
         shutdown(started_here=local)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def check_shared(folder: Path, timeout_s: float = 120) -> None:
+    """Every alive node of the cluster reads a token the driver writes into ``folder``; a ConfigError names
+    the nodes that cannot (the folder is on this node's own disk, not on storage the cluster shares)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    probe = folder / f".shared-check-{token}"
+    probe.write_text(token)
+    read = ray.remote(num_cpus=0, max_retries=0)(_read_probe)
+    try:
+        refs = [read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(probe)) for n in nodes]
+        seen = ray.get(refs, timeout=timeout_s)
+    finally:
+        probe.unlink(missing_ok=True)
+    blind = [f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n, text in zip(nodes, seen) if text != token]
+    if blind:
+        raise ConfigError(f"the run directory {folder} is not visible from {len(blind)} of the cluster's "
+                          f"{len(nodes)} nodes: {', '.join(blind)}. On a cluster of several nodes it must be on "
+                          "storage every node mounts at the same path (NFS, a shared volume)")
+
+
+def _read_probe(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
 
 
 def _interrupt(signum, frame) -> None:

@@ -9,6 +9,7 @@ under ``ray/`` (``--resume`` continues from the latest of them).
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from secondthought.batching import micro_batches_per_epoch
 from secondthought.config import ConfigError, RayConfig, SFTConfig
 from secondthought.formatting import TGT
-from secondthought.runs import ModelInfo, PreparedDir, TrainingDir, is_model_folder, write_model_info
+from secondthought.runs import WORKERS, ModelInfo, PreparedDir, TrainingDir, is_model_folder, write_model_info
 from secondthought.runtime import ray_session
 from secondthought.tracking import figure, follow, label, read_metrics
 
@@ -37,7 +38,7 @@ def _dataset(path: Path, limit: int | None = None, costs: list | None = None):
     return ds.limit(limit) if limit else ds
 
 
-def _cpus_per_worker(num_workers: int, total: float) -> float:
+def cpus_per_worker(num_workers: int, total: float) -> float:
     """1 CPU a worker, or less where that would leave no CPU for the Ray Data tasks that feed them."""
     if total < 2:
         raise ConfigError(f"Ray has {total:g} CPUs: training needs at least 2 (one to read data)")
@@ -98,10 +99,10 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
         "checkpoints": str(out / "ray" / RUN_NAME),
     }
     started = time.time()
-    with ray_session(ray_cfg):
+    with ray_session(ray_cfg, shared=out):
         ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print their own progress
         cpus = ray.cluster_resources().get("CPU", 0)
-        cpus_per_worker = cfg.cpus_per_worker or _cpus_per_worker(cfg.num_workers, cpus)
+        per_worker = cfg.cpus_per_worker or cpus_per_worker(cfg.num_workers, cpus)
         # Ray gives a CPU worker one torch thread; the data feeding it needs little, so a worker that has the
         # machine to itself (few-shot transfer) uses the CPUs the other workers would have had
         plan["torch_threads"] = max(1, int(cpus // cfg.num_workers))
@@ -109,7 +110,8 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
             train_loop_per_worker, torch_config=NodeBoundTorchConfig(),
             train_loop_config={"sft": asdict(cfg), "plan": plan},
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                                   resources_per_worker={"CPU": cpus_per_worker}),
+                                                   resources_per_worker={"CPU": per_worker},
+                                                   placement_strategy=cfg.placement_strategy),
             run_config=ray.train.RunConfig(
                 name=RUN_NAME, storage_path=str(out / "ray"),
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
@@ -141,6 +143,7 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
         "stopped_early": max(rows) < total_steps,
         "seconds": round(time.time() - started, 1), "loss_plot": str(out / "loss.png"),
         "tensorboard": str(out / "tensorboard"),
+        "nodes": [w["node_id"] for w in json.loads((out / WORKERS).read_text())],
     }
     run.write_summary(summary)  # last: marks the run done
     return summary

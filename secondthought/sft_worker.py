@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,7 +37,7 @@ from secondthought.batching import (
 )
 from secondthought.config import SFTConfig
 from secondthought.models import export_hf
-from secondthought.runs import FAULT_MARKER
+from secondthought.runs import FAULT_MARKER, WORKERS
 from secondthought.tracking import Tracker
 from secondthought.training import (
     STATE,
@@ -193,6 +194,17 @@ class NodeBoundTorchConfig(TorchConfig):
         return _NodeBoundBackend
 
 
+def _record_nodes(path: Path, rank: int, world: int) -> None:
+    """Rank 0 writes the Ray node each rank runs on (gathered over the process group)."""
+    import torch.distributed as dist
+
+    mine = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+    everyone = [None] * world
+    dist.all_gather_object(everyone, mine)
+    if rank == 0:
+        path.write_text(json.dumps(everyone, indent=1))
+
+
 def train_loop_per_worker(config: dict) -> None:
     import deepspeed
     import ray.train
@@ -231,6 +243,7 @@ def train_loop_per_worker(config: dict) -> None:
                                                    config=engine_config(cfg, cfg.micro_batch_size, cfg.grad_accum,
                                                                         cfg.lr, cfg.max_grad_norm, cfg.weight_decay,
                                                                         cfg.offload_optimizer, cfg.offload_params))
+    _record_nodes(out / WORKERS, rank, world)
     state = TrainState()
     checkpoint = newest_checkpoint(Path(plan["checkpoints"]), "step", lambda c: _complete(c, world, cfg))
     if checkpoint:

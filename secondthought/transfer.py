@@ -41,7 +41,7 @@ def run_transfer(model: str | Path, data: DataConfig, cfg: TransferConfig, evalu
     (out / CONFIG).write_text(json.dumps({"model": str(model), "data": asdict(data), "transfer": asdict(cfg),
                                           "eval": asdict(evaluation)}, indent=2))
     prepared, report_dir = PreparedDir(out / "prepared"), ReportDir(out / "eval")
-    with ray_session(ray_cfg):
+    with ray_session(ray_cfg, shared=out):
         manifest = run_once("prepare", prepared.manifest_file, f"{data.dataset} with the model's tokenizer",
                             lambda _: run_prepare(data, PrepareConfig(cost_sets=[(1, 1, 1)], reverse=False,
                                                                       tokenizer=str(model)),

@@ -59,6 +59,7 @@ class RLRun:
         self.prompts: Prompts = load_prompts(prepared)
         self.reward_fn = None if cfg.reward in ("adversarial", "validity") else load_reward_function(cfg.reward)
         self.placement, self.weights, self.version = None, None, None
+        self.nodes: dict[str, list[str]] = {}
         self.rollouts = self.learners = self.reference = self.discriminator = None
 
     # -- actors -------------------------------------------------------------------------------------
@@ -89,6 +90,9 @@ class RLRun:
             Learner, "learner", cfg.learner_workers, self.placement,
             lambda k, threads: (asdict(cfg), policy, k, cfg.learner_workers, threads, fault("learner", k)))
         self.learners.run("setup", ray.get(self.learners[0].address.remote()))
+        groups = {"rollout": self.rollouts, "reference": self.reference, "discriminator": self.discriminator,
+                  "learner": self.learners}
+        self.nodes = {role: group.nodes() for role, group in groups.items() if group is not None}
 
     def stop(self) -> None:
         for group in (self.rollouts, self.learners, self.reference, self.discriminator):
@@ -288,7 +292,7 @@ def run_rl(prepared: str | Path, policy: str | Path, cfg: RLConfig, ray_cfg: Ray
         load_reward_function(cfg.reward)  # a reward that does not import fails here, before any Ray work
     run_dir = TrainingDir.start(out, asdict(cfg), resume, overwrite)
     started = time.time()
-    with ray_session(ray_cfg):
+    with ray_session(ray_cfg, shared=run_dir.path):
         run = RLRun(prepared, policy, cfg, run_dir)
         if cfg.reward == "adversarial" and not run.prompts.reverse:
             console.say("[rl] the prepared data has no reversed chains (prepare --prepare.reverse true): the "
@@ -303,7 +307,7 @@ def run_rl(prepared: str | Path, policy: str | Path, cfg: RLConfig, ray_cfg: Ray
         "first_score": first["score"], "last_score": last["score"], "last_kl": last["kl"],
         "mean_rollout_tokens_per_s": float(np.mean([r["rollout_tokens_per_s"] for r in rows.values()])),
         "seconds": round(time.time() - started, 1), "plot": str(run_dir.path / "rl.png"),
-        "tensorboard": str(run_dir.path / "tensorboard"),
+        "tensorboard": str(run_dir.path / "tensorboard"), "nodes": run.nodes,
     }
     run_dir.write_summary(summary)  # last: marks the run done
     return summary

@@ -52,6 +52,11 @@ class ActorGroup:
     def run_sliced(self, method: str, items: Sequence, *args) -> list:
         return ray.get(self.call_sliced(method, items, *args)[1])
 
+    def nodes(self) -> list[str]:
+        """The Ray node id each actor runs on, in actor order."""
+        return ray.get([actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+                        for actor in self.actors])
+
     def kill(self) -> None:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)

@@ -45,7 +45,7 @@ class Placement:
         self.cfg = cfg
         self.cpus = min(ray.cluster_resources().get("CPU", 1), 8 * max(cfg.rollout_workers, cfg.learner_workers))
         self.bundles, self.where = plan(cfg, self.cpus)
-        self.group = placement_group(self.bundles, strategy="PACK")
+        self.group = placement_group(self.bundles, strategy=cfg.placement_strategy)
         ray.get(self.group.ready(), timeout=timeout_s)
 
     def options(self, role: str, k: int) -> tuple[dict, int]:

@@ -1,0 +1,88 @@
+"""What a stage asks a cluster for, and whether a set of nodes can ever give it.
+
+A job whose placement group asks for GPUs that no node has waits forever: `secondthought submit` checks
+the asks against the cluster's nodes before it sends the job, and the tests check the scale configs in
+jobs/ against the nodes the KubeRay manifests in cluster/ provide. Plain functions over dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from secondthought.config import RLConfig, SFTConfig
+
+CPU_ONLY = ("prepare", "eval")
+
+
+@dataclass(frozen=True)
+class Ask:
+    """Bundles one part of a stage needs at the same time, and how they may spread over nodes."""
+
+    what: str
+    bundles: tuple[dict, ...]
+    strategy: str = "PACK"
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k}: {v:g}" for k, v in self.bundles[0].items()) if self.bundles else ""
+        return f"{self.what}: {len(self.bundles)} x {{{shown}}} ({self.strategy})"
+
+
+def sft_ask(cfg: SFTConfig, cluster_cpus: float, what: str = "sft") -> Ask:
+    """The Ray Train workers: a bundle each (the CPUs the stage would give them on this cluster)."""
+    from secondthought.sft import cpus_per_worker
+
+    bundle = {"CPU": cfg.cpus_per_worker or cpus_per_worker(cfg.num_workers, max(cluster_cpus, 2)),
+              "GPU": 1.0 if cfg.use_gpu else 0.0}
+    return Ask(what, tuple(_nonzero(bundle) for _ in range(cfg.num_workers)), cfg.placement_strategy)
+
+
+def rl_ask(cfg: RLConfig, cluster_cpus: float) -> Ask:
+    """The RL actors' placement group, as the rl stage plans it."""
+    from secondthought.rl.placement import plan
+
+    bundles, _ = plan(cfg, min(max(cluster_cpus, 1), 8 * max(cfg.rollout_workers, cfg.learner_workers)))
+    return Ask("rl", tuple(bundles), cfg.placement_strategy)
+
+
+def asks(command: str, sections: dict, cluster_cpus: float) -> list[Ask]:
+    """Everything ``secondthought COMMAND`` with these config sections asks for, part by part (the parts of
+    the pipeline run one after another, so each must fit on its own)."""
+    cpu = Ask("data and evaluation tasks", ({"CPU": 1.0},))
+    if command in CPU_ONLY:
+        return [cpu]
+    if command == "sft":
+        return [sft_ask(sections["sft"], cluster_cpus)]
+    if command == "rl":
+        return [rl_ask(sections["rl"], cluster_cpus)]
+    if command == "transfer":
+        return [cpu, Ask("transfer fine-tuning", ({"CPU": 1.0},))]
+    if command == "pipeline":
+        return [cpu, sft_ask(sections["sft"], cluster_cpus), rl_ask(sections["rl"], cluster_cpus)]
+    raise ValueError(f"{command} is not a stage that runs on a cluster")
+
+
+def unmet(ask: Ask, nodes: list[dict]) -> str | None:
+    """None when the bundles of ``ask`` can be placed on ``nodes`` (each a dict of total resources), else
+    what is missing. First fit by decreasing size, one bundle per node for STRICT_SPREAD."""
+    free = [dict(n) for n in nodes]
+    used: set[int] = set()
+    for bundle in sorted(ask.bundles, key=lambda b: (b.get("GPU", 0), b.get("CPU", 0)), reverse=True):
+        spot = next((i for i, node in enumerate(free)
+                     if (ask.strategy != "STRICT_SPREAD" or i not in used)
+                     and all(node.get(k, 0) + 1e-9 >= v for k, v in bundle.items())), None)
+        if spot is None:
+            return (f"{ask.describe()} cannot be placed on the cluster's {len(nodes)} node(s) "
+                    f"[{'; '.join(_shown(n) for n in nodes)}]")
+        used.add(spot)
+        for k, v in bundle.items():
+            free[spot][k] -= v
+    return None
+
+
+def _shown(node: dict) -> str:
+    keep = {k: v for k, v in node.items() if k in ("CPU", "GPU") or not (k.startswith("node:") or "memory" in k)}
+    return ", ".join(f"{k}: {v:g}" for k, v in sorted(keep.items())) or "no CPU"
+
+
+def _nonzero(bundle: dict) -> dict:
+    return {k: v for k, v in bundle.items() if v}

@@ -1,0 +1,244 @@
+"""`secondthought submit`: send a stage or the whole pipeline to a running Ray cluster as a Ray job (the Job
+Submission API, as `ray job submit` does), follow its logs, and exit with its final status; `status`,
+`logs`, `stop` and `list` for jobs already sent.
+
+Before anything is sent it checks what commonly goes wrong on a cluster: the stage's config parses; the
+run directory is an absolute path (a relative one would land in the job's temporary copy of the
+working_dir); the working_dir after excludes fits under Ray's upload cap; and the cluster has nodes on
+which what the stage asks for can be placed (a placement group asking for GPUs that no node has waits
+forever). Inside the job each stage then checks that every node sees the run directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from jobs.demand import asks, unmet
+from secondthought.config import ConfigError
+
+RUNTIME_ENV = Path(__file__).with_name("runtime_env.yaml")
+ACTIONS = ("status", "logs", "stop", "list")
+EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
+"""Exit status of `secondthought submit` by the job's final status (a job still running when we stop
+following it: 0 with --no-wait)."""
+PATH_FLAGS = ("--out", "--prepared", "--policy", "--model", "--base")
+
+
+@dataclass
+class Job:
+    """What is sent: the arguments of ``JobSubmissionClient.submit_job``."""
+
+    entrypoint: str
+    runtime_env: dict
+    submission_id: str | None = None
+    entrypoint_num_cpus: float | None = None
+    entrypoint_num_gpus: float | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+def address(given: str | None) -> str:
+    """The cluster's dashboard address: ``--address``, else RAY_API_SERVER_ADDRESS, else RAY_ADDRESS."""
+    found = given or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if not found:
+        raise ConfigError("no cluster given: pass --address http://HEAD:8265 (the head's dashboard), or set "
+                          "RAY_API_SERVER_ADDRESS or RAY_ADDRESS")
+    return found
+
+
+def build(stage_argv: list[str], runtime_env_file: str | Path = RUNTIME_ENV, cwd: Path | None = None,
+          submission_id: str | None = None, num_cpus: float | None = None,
+          num_gpus: float | None = None) -> tuple[Job, str, dict]:
+    """The job for ``secondthought STAGE ARGS...``, its stage name and parsed config sections; ConfigError
+    for a stage that cannot run as a job or a run directory the cluster could not keep."""
+    from secondthought.cli import COMMANDS, parse_stage
+
+    cwd = (cwd or Path.cwd()).resolve()
+    if not stage_argv:
+        raise ConfigError("say what to run after --, e.g. `secondthought submit -- pipeline --out /shared/runs/a`")
+    name = stage_argv[0]
+    runnable = [n for n, c in COMMANDS.items() if "ray" in c.sections and n != "serve"]
+    if name not in runnable:
+        hint = (": a server runs until stopped; deploy it with the RayService in cluster/ or `serve deploy "
+                "serve/config.yaml`") if name == "serve" else ""
+        raise ConfigError(f"{name!r} cannot be submitted as a job{hint}; stages that can: {', '.join(runnable)}")
+    _, args, sections = parse_stage(stage_argv)  # as given, relative to here: the config parses
+    runtime_env = load_runtime_env(runtime_env_file, cwd)
+    working_dir = Path(runtime_env["working_dir"]) if "working_dir" in runtime_env else None
+    argv = _portable(stage_argv[1:], cwd, working_dir)
+    if not Path(str(args.out)).is_absolute():
+        raise ConfigError(f"--out {args.out}: give an absolute path on storage the cluster keeps (e.g. "
+                          "/mnt/shared/runs/NAME); a relative one would be written into the job's temporary copy "
+                          "of the working_dir and lost")
+    if not any(a == "--ray.address" or a.startswith("--ray.address=") for a in argv):
+        argv += ["--ray.address", "auto"]  # the job joins the cluster it runs on (RAY_ADDRESS is set for it)
+    job = Job(entrypoint=shlex.join(["python", "-m", "secondthought.cli", name, *argv]), runtime_env=runtime_env,
+              submission_id=submission_id, entrypoint_num_cpus=num_cpus, entrypoint_num_gpus=num_gpus,
+              metadata={"secondthought_stage": name})
+    return job, name, sections
+
+
+def _portable(argv: list[str], cwd: Path, working_dir: Path | None) -> list[str]:
+    """``argv`` with each --config file named where the job will find it."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--config" and i + 1 < len(argv):
+            out += ["--config", _config_path(argv[i + 1], cwd, working_dir)]
+            i += 2
+            continue
+        arg = argv[i]
+        if arg.startswith("--config="):
+            arg = "--config=" + _config_path(arg.split("=", 1)[1], cwd, working_dir)
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _config_path(value: str, cwd: Path, working_dir: Path | None) -> str:
+    """A config file inside the working_dir travels with the job: named relative to it. Elsewhere it must be
+    an absolute path, on storage the cluster shares."""
+    path = (cwd / value).resolve()
+    if not path.is_file():
+        raise ConfigError(f"--config {value}: no such file")
+    if working_dir is not None and path.is_relative_to(working_dir):
+        return str(path.relative_to(working_dir))
+    if not Path(value).is_absolute():
+        raise ConfigError(f"--config {value}: the file is outside the working_dir that travels with the job "
+                          f"({working_dir}); put it there, or give an absolute path on storage the cluster shares")
+    return value
+
+
+def load_runtime_env(file: str | Path, cwd: Path) -> dict:
+    """A runtime_env YAML (Ray's own keys, checked by Ray's RuntimeEnv), working_dir made absolute (relative
+    to ``cwd``, as `ray job submit` takes it) and its upload size checked."""
+    from ray.runtime_env import RuntimeEnv
+
+    file = Path(file)
+    if not file.is_file():
+        raise ConfigError(f"--runtime-env {file}: no such file")
+    env = yaml.safe_load(file.read_text()) or {}
+    try:
+        RuntimeEnv(**env)
+    except Exception as e:
+        raise ConfigError(f"--runtime-env {file}: {type(e).__name__}: {e}") from None
+    if "working_dir" in env and "://" not in str(env["working_dir"]):
+        working_dir = (cwd / env["working_dir"]).resolve()
+        if not working_dir.is_dir():
+            raise ConfigError(f"--runtime-env {file}: working_dir {working_dir} is not a folder")
+        env["working_dir"] = str(working_dir)
+        check_upload(working_dir, env.get("excludes", []))
+    return env
+
+
+def upload_size(working_dir: Path, excludes: list[str]) -> tuple[int, dict[str, int]]:
+    """Bytes Ray would upload from ``working_dir`` (its walk: the excludes and .gitignore / .rayignore files),
+    and the bytes under each top-level entry."""
+    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+
+    by_top: dict[str, int] = {}
+
+    def count(path: Path) -> None:
+        if path.is_file() and not path.is_symlink():
+            top = path.relative_to(working_dir).parts[0]
+            by_top[top] = by_top.get(top, 0) + path.stat().st_size
+
+    include_gitignore = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1"
+    _dir_travel(working_dir, [_get_excludes(working_dir, excludes)], count, include_gitignore=include_gitignore)
+    return sum(by_top.values()), by_top
+
+
+def check_upload(working_dir: Path, excludes: list[str]) -> int:
+    from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE
+
+    total, by_top = upload_size(working_dir, excludes)
+    if total >= GCS_STORAGE_MAX_SIZE:
+        biggest = sorted(by_top.items(), key=lambda kv: -kv[1])[:5]
+        raise ConfigError(
+            f"the working_dir {working_dir} holds {total / 2**20:.0f} MiB after excludes: over Ray's upload cap of "
+            f"{GCS_STORAGE_MAX_SIZE / 2**20:.0f} MiB. Largest: "
+            + ", ".join(f"{name} {size / 2**20:.0f} MiB" for name, size in biggest)
+            + ". Add them to `excludes` in the runtime_env file (checkpoints, data and models belong on shared "
+              "storage, not in the upload)")
+    return total
+
+
+def cluster_nodes(dashboard: str) -> list[dict]:
+    """Total resources of each alive node."""
+    from ray.util.state import list_nodes
+
+    try:
+        nodes = list_nodes(address=dashboard, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+    except Exception as e:  # connection refused, wrong address, authentication: Ray's message says which
+        raise ConfigError(f"cannot reach the cluster at {dashboard}: {type(e).__name__}: {e}") from None
+    return [dict(n.resources_total) for n in nodes]
+
+
+def check_resources(name: str, sections: dict, nodes: list[dict]) -> list[str]:
+    """What of the stage cannot be placed on ``nodes``."""
+    cpus = sum(n.get("CPU", 0) for n in nodes)
+    return [problem for ask in asks(name, sections, cpus) if (problem := unmet(ask, nodes))]
+
+
+def client(dashboard: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(dashboard)
+    except Exception as e:  # connection refused, wrong address, authentication: Ray's message says which
+        raise ConfigError(f"cannot reach the cluster at {dashboard}: {type(e).__name__}: {e}") from None
+
+
+def submit(job: Job, dashboard: str) -> str:
+    return client(dashboard).submit_job(**asdict(job))
+
+
+def follow(dashboard: str, submission_id: str, out=sys.stdout) -> str:
+    """Stream the job's logs until it ends; its final status."""
+    jobs = client(dashboard)
+
+    async def tail() -> None:
+        async for lines in jobs.tail_job_logs(submission_id):
+            out.write(lines)
+            out.flush()
+
+    asyncio.run(tail())
+    return str(jobs.get_job_status(submission_id).value)
+
+
+def describe(job: Job, working_dir_bytes: int | None) -> str:
+    shown = {k: v for k, v in asdict(job).items() if v not in (None, {}, [])}
+    if working_dir_bytes is not None:
+        shown["working_dir_upload_mib"] = round(working_dir_bytes / 2**20, 2)
+    return json.dumps(shown, indent=2)
+
+
+def action(what: str, rest: list[str], dashboard: str, out=sys.stdout) -> int:
+    """``status ID``, ``logs ID``, ``stop ID`` or ``list``."""
+    jobs = client(dashboard)
+    if what == "list":
+        for info in sorted(jobs.list_jobs(), key=lambda i: i.start_time or 0):
+            out.write(f"{info.submission_id or info.job_id}\t{info.status.value}\t{info.entrypoint}\n")
+        return 0
+    if len(rest) != 1:
+        raise ConfigError(f"`secondthought submit {what} ID` takes one submission id, got {rest or 'none'}")
+    submission_id = rest[0]
+    try:
+        if what == "status":
+            info = jobs.get_job_info(submission_id)
+            out.write(f"{submission_id}: {info.status.value}{': ' + info.message if info.message else ''}\n")
+            return EXIT.get(info.status.value, 0)
+        if what == "logs":
+            out.write(jobs.get_job_logs(submission_id))
+            return 0
+        stopped = jobs.stop_job(submission_id)
+        out.write(f"{submission_id}: {'stop requested' if stopped else 'not running, nothing to stop'}\n")
+        return 0
+    except RuntimeError as e:  # the Job API's answer for an unknown id
+        raise ConfigError(f"{what} {submission_id}: {e}") from None
