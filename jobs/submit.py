@@ -115,19 +115,32 @@ def _config_path(value: str, cwd: Path, working_dir: Path | None) -> str:
     return value
 
 
+def runtime_env_problem(env: dict) -> str | None:
+    """What is wrong with a runtime_env for Ray: a key Ray does not know (RuntimeEnv would take it for a
+    plugin's and ignore it) or a value its RuntimeEnv refuses."""
+    from ray.runtime_env import RuntimeEnv
+
+    if not isinstance(env, dict):
+        return f"expected a mapping of runtime_env fields, got {type(env).__name__}"
+    unknown = sorted(set(env) - set(RuntimeEnv.known_fields))
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)} (Ray's are {', '.join(sorted(RuntimeEnv.known_fields))})"
+    try:
+        RuntimeEnv(**env)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def load_runtime_env(file: str | Path, cwd: Path) -> dict:
     """A runtime_env YAML (Ray's own keys, checked by Ray's RuntimeEnv), working_dir made absolute (relative
     to ``cwd``, as `ray job submit` takes it) and its upload size checked."""
-    from ray.runtime_env import RuntimeEnv
-
     file = Path(file)
     if not file.is_file():
         raise ConfigError(f"--runtime-env {file}: no such file")
     env = yaml.safe_load(file.read_text()) or {}
-    try:
-        RuntimeEnv(**env)
-    except Exception as e:
-        raise ConfigError(f"--runtime-env {file}: {type(e).__name__}: {e}") from None
+    if problem := runtime_env_problem(env):
+        raise ConfigError(f"--runtime-env {file}: {problem}")
     if "working_dir" in env and "://" not in str(env["working_dir"]):
         working_dir = (cwd / env["working_dir"]).resolve()
         if not working_dir.is_dir():

@@ -263,7 +263,8 @@ COMMANDS = {
         "send a stage or the pipeline to a Ray cluster as a job; status, logs, stop, list",
         "Send `secondthought STAGE ARGS...` to a running Ray cluster through the Job Submission API, stream its "
         "logs and exit with its final status (0 SUCCEEDED, 1 FAILED, 3 STOPPED):\n"
-        "  secondthought submit --address http://HEAD:8265 -- pipeline --config jobs/pipeline.yaml --out /shared/runs/a\n"
+        "  secondthought submit --address http://HEAD:8265 -- pipeline --config jobs/pipeline.yaml "
+        "--out /shared/runs/a\n"
         "  secondthought submit [--address URL] status|logs|stop ID\n"
         "  secondthought submit [--address URL] list\n"
         "The address defaults to RAY_API_SERVER_ADDRESS, then RAY_ADDRESS; a cluster with token authentication "

@@ -81,7 +81,7 @@ def check_shared(folder: Path, timeout_s: float = 120) -> None:
         seen = ray.get(refs, timeout=timeout_s)
     finally:
         probe.unlink(missing_ok=True)
-    blind = [f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n, text in zip(nodes, seen) if text != token]
+    blind = [f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n, text in zip(nodes, seen, strict=True) if text != token]
     if blind:
         raise ConfigError(f"the run directory {folder} is not visible from {len(blind)} of the cluster's "
                           f"{len(nodes)} nodes: {', '.join(blind)}. On a cluster of several nodes it must be on "

@@ -1,4 +1,4 @@
-"""`secondthought submit` against a real Ray cluster of this machine's own (tests/cluster.py): a head started
+"""`secondthought submit` against a real Ray cluster of this machine's own (tests/local_cluster.py): a head started
 with `ray start --head` on 127.0.0.1 with token authentication, the Job Submission API, jobs followed to
 SUCCEEDED and stopped midway; and (slow) the tiny pipeline on two nodes, SFT workers and RL learners one
 per node, the run directory on the storage both share."""
@@ -16,7 +16,7 @@ import pytest
 
 from jobs import submit
 from secondthought.config import ConfigError
-from tests.cluster import LocalCluster
+from tests.local_cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "secondthought-test-token-0123456789abcdef"
@@ -140,12 +140,11 @@ def test_tiny_pipeline_on_two_nodes_places_workers_and_learners_one_per_node(tmp
         done = cli("submit", "--address", cluster.dashboard, "--", "pipeline", "--config", "jobs/pipeline-tiny.yaml",
                    "--sft.num_workers", "2", "--sft.placement_strategy", "STRICT_SPREAD",
                    "--rl.learner_workers", "2", "--rl.minibatch_size", "16", "--rl.placement_strategy",
-                   "STRICT_SPREAD", "--out", str(out), env=cluster.env, timeout=1500)
+                   "STRICT_SPREAD", "--baseline", "false", "--out", str(out), env=cluster.env, timeout=1500)
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
         assert "SUCCEEDED" in done.stdout
-        for stage in ("sft", "sft-targets"):
-            placed = json.loads((out / stage / "summary.json").read_text())["nodes"]
-            assert len(placed) == 2 and set(placed) == nodes, placed  # one worker on each node
+        placed = json.loads((out / "sft" / "summary.json").read_text())["nodes"]
+        assert len(placed) == 2 and set(placed) == nodes, placed  # one worker on each node
         learners = json.loads((out / "rl" / "summary.json").read_text())["nodes"]["learner"]
         assert len(learners) == 2 and set(learners) == nodes, learners
         report = json.loads((out / "eval" / "report.json").read_text())

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -37,6 +39,7 @@ class LocalCluster:
         else:
             self.env["RAY_AUTH_MODE"] = "disabled"
         self.nodes: list[subprocess.Popen] = []
+        self.temp_dirs: list[str] = []
         self.gcs_port = self.dashboard_port = None
 
     @property
@@ -57,8 +60,10 @@ class LocalCluster:
         self.wait_nodes(1)
 
     def add_node(self, num_cpus: int, resources: dict | None = None) -> None:
+        temp_dir = tempfile.mkdtemp(prefix="rn", dir="/tmp")  # short: Ray puts unix sockets under it
+        self.temp_dirs.append(temp_dir)
         command = [sys.executable, "-m", "tests.ray_node", "--address", f"127.0.0.1:{self.gcs_port}",
-                   "--num-cpus", str(num_cpus), "--resources", json.dumps(resources or {})]
+                   "--num-cpus", str(num_cpus), "--resources", json.dumps(resources or {}), "--temp-dir", temp_dir]
         self._start(command, f"node{len(self.nodes)}")
         self.wait_nodes(len(self.nodes))
 
@@ -104,11 +109,10 @@ class LocalCluster:
         those still alive after that (there should be none)."""
         seen = self.processes()
         for proc in self.nodes:
-            for sig in (signal.SIGTERM,):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    pass
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         _, alive = psutil.wait_procs(seen, timeout=grace)
         for proc in self.nodes:
             try:
@@ -123,4 +127,6 @@ class LocalCluster:
         _, survivors = psutil.wait_procs(alive, timeout=grace)
         for proc in self.nodes:
             proc.wait(timeout=grace)
+        for folder in self.temp_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
         return [" ".join(p.cmdline())[:100] for p in survivors if p.is_running() and p.status() != "zombie"]

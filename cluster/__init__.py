@@ -1,0 +1,1 @@
+"""KubeRay manifests, Ray cluster launcher configs and the container image, with the tools that render and\ncheck them."""
