@@ -104,6 +104,11 @@ class LocalCluster:
                 continue
         return found
 
+    def listening(self) -> set[str]:
+        """The addresses the cluster's processes listen on."""
+        pids = {p.pid for p in self.processes()}
+        return {c.laddr.ip for c in psutil.net_connections(kind="inet") if c.status == "LISTEN" and c.pid in pids}
+
     def stop(self, grace: float = 10) -> list[str]:
         """End every process of the cluster (by process group, then by the PIDs seen); the command lines of
         those still alive after that (there should be none)."""

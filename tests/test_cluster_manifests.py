@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT.parent / "shared" / "kuberay" / "crds"
 STAGE_ARGS = {"pipeline": ["--out", "/r"], "prepare": ["--out", "/r"], "sft": ["--prepared", "/p", "--out", "/r"],
               "rl": ["--prepared", "/p", "--policy", "/m", "--out", "/r"],
-              "eval": ["--prepared", "/p", "--models", '{"a": "/m"}', "--base", "/b", "--out", "/r"]}
+              "eval": ["--prepared", "/p", "--models", '{"a": "/m"}', "--base", "/b", "--out", "/r"],
+              "transfer": ["--model", "/m", "--out", "/r"]}
 JOB_CONFIGS = sorted(p for p in (ROOT / "jobs").glob("*.yaml") if p.name != "runtime_env.yaml")
 
 

@@ -64,6 +64,7 @@ def test_prepare_job_runs_to_succeeded_with_its_logs_streamed(head, tmp_path):
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout
     logs = cli("submit", "--address", head.dashboard, "logs", "prepare-1", env=head.env)
     assert "secondthought prepare: full log in" in logs.stdout
+    assert head.listening() <= {"127.0.0.1", "::ffff:127.0.0.1"}, head.listening()  # the cluster stays on loopback
 
 
 def test_a_job_stopped_midway_reports_stopped(head, tmp_path):
