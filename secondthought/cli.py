@@ -262,11 +262,9 @@ COMMANDS = {
     "submit": Command(
         "send a stage or the pipeline to a Ray cluster as a job; status, logs, stop, list",
         "Send `secondthought STAGE ARGS...` to a running Ray cluster through the Job Submission API, stream its "
-        "logs and exit with its final status (0 SUCCEEDED, 1 FAILED, 3 STOPPED):\n"
-        "  secondthought submit --address http://HEAD:8265 -- pipeline --config jobs/pipeline.yaml "
-        "--out /shared/runs/a\n"
-        "  secondthought submit [--address URL] status|logs|stop ID\n"
-        "  secondthought submit [--address URL] list\n"
+        "logs and exit with its final status (0 SUCCEEDED, 1 FAILED, 3 STOPPED), e.g. `secondthought submit "
+        "--address http://HEAD:8265 -- pipeline --config jobs/pipeline.yaml --out /shared/runs/a`. "
+        "`secondthought submit status|logs|stop ID` and `secondthought submit list` look after jobs already sent. "
         "The address defaults to RAY_API_SERVER_ADDRESS, then RAY_ADDRESS; a cluster with token authentication "
         "takes Ray's usual RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or ~/.ray/auth_token). Before sending, it "
         "checks that the stage's config parses, that --out is an absolute path, that the working_dir fits Ray's "
@@ -275,7 +273,7 @@ COMMANDS = {
         (("--address", dict(default=None, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")),
          ("--runtime-env", dict(default=str(Path(__file__).resolve().parent.parent / "jobs" / "runtime_env.yaml"),
                                 help="runtime_env YAML: working_dir (relative to here), excludes, env_vars")),
-         ("--submission-id", dict(default=None, help="the job's id (default: one Ray makes up)")),
+         ("--submission-id", dict(default=None, help="the job's id (by default Ray makes one up)")),
          ("--entrypoint-num-cpus", dict(type=float, default=None, help="CPUs reserved for the job's driver")),
          ("--entrypoint-num-gpus", dict(type=float, default=None, help="GPUs reserved for the job's driver")),
          ("--no-wait", dict(action="store_true", help="return once the job is sent")),
