@@ -1,1 +1,2 @@
-"""KubeRay manifests, Ray cluster launcher configs and the container image, with the tools that render and\ncheck them."""
+"""KubeRay manifests, Ray cluster launcher configs and the container image, with the tools that
+render and check them."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shlex
 import sys
@@ -55,9 +56,10 @@ def address(given: str | None) -> str:
 
 def build(stage_argv: list[str], runtime_env_file: str | Path = RUNTIME_ENV, cwd: Path | None = None,
           submission_id: str | None = None, num_cpus: float | None = None,
-          num_gpus: float | None = None) -> tuple[Job, str, dict]:
-    """The job for ``secondthought STAGE ARGS...``, its stage name and parsed config sections; ConfigError
-    for a stage that cannot run as a job or a run directory the cluster could not keep."""
+          num_gpus: float | None = None) -> tuple[Job, str, dict, int | None]:
+    """The job for ``secondthought STAGE ARGS...``, its stage name, its parsed config sections and the bytes
+    of its working_dir upload; ConfigError for a stage that cannot run as a job, a run directory the cluster
+    could not keep or an upload over Ray's cap."""
     from secondthought.cli import COMMANDS, parse_stage
 
     cwd = (cwd or Path.cwd()).resolve()
@@ -72,6 +74,7 @@ def build(stage_argv: list[str], runtime_env_file: str | Path = RUNTIME_ENV, cwd
     _, args, sections = parse_stage(stage_argv)  # as given, relative to here: the config parses
     runtime_env = load_runtime_env(runtime_env_file, cwd)
     working_dir = Path(runtime_env["working_dir"]) if "working_dir" in runtime_env else None
+    upload = check_upload(working_dir, runtime_env.get("excludes", [])) if working_dir else None
     argv = _portable(stage_argv[1:], cwd, working_dir)
     if not Path(str(args.out)).is_absolute():
         raise ConfigError(f"--out {args.out}: give an absolute path on storage the cluster keeps (e.g. "
@@ -82,7 +85,7 @@ def build(stage_argv: list[str], runtime_env_file: str | Path = RUNTIME_ENV, cwd
     job = Job(entrypoint=shlex.join(["python", "-m", "secondthought.cli", name, *argv]), runtime_env=runtime_env,
               submission_id=submission_id, entrypoint_num_cpus=num_cpus, entrypoint_num_gpus=num_gpus,
               metadata={"secondthought_stage": name})
-    return job, name, sections
+    return job, name, sections, upload
 
 
 def _portable(argv: list[str], cwd: Path, working_dir: Path | None) -> list[str]:
@@ -134,7 +137,7 @@ def runtime_env_problem(env: dict) -> str | None:
 
 def load_runtime_env(file: str | Path, cwd: Path) -> dict:
     """A runtime_env YAML (Ray's own keys, checked by Ray's RuntimeEnv), working_dir made absolute (relative
-    to ``cwd``, as `ray job submit` takes it) and its upload size checked."""
+    to ``cwd``, as `ray job submit` takes it)."""
     file = Path(file)
     if not file.is_file():
         raise ConfigError(f"--runtime-env {file}: no such file")
@@ -146,7 +149,6 @@ def load_runtime_env(file: str | Path, cwd: Path) -> dict:
         if not working_dir.is_dir():
             raise ConfigError(f"--runtime-env {file}: working_dir {working_dir} is not a folder")
         env["working_dir"] = str(working_dir)
-        check_upload(working_dir, env.get("excludes", []))
     return env
 
 
@@ -163,7 +165,10 @@ def upload_size(working_dir: Path, excludes: list[str]) -> tuple[int, dict[str, 
             by_top[top] = by_top.get(top, 0) + path.stat().st_size
 
     include_gitignore = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1"
-    _dir_travel(working_dir, [_get_excludes(working_dir, excludes)], count, include_gitignore=include_gitignore)
+    quiet = logging.getLogger("secondthought.upload")  # Ray's walk logs each ignore file it meets at INFO
+    quiet.setLevel(logging.WARNING)
+    _dir_travel(working_dir, [_get_excludes(working_dir, excludes)], count, include_gitignore=include_gitignore,
+                logger=quiet)
     return sum(by_top.values()), by_top
 
 

@@ -130,10 +130,8 @@ def _submit(args: Namespace, s: dict) -> int:
     what, rest = (args.job[0], args.job[1:]) if args.job else ("", [])
     if what in submit.ACTIONS:
         return submit.action(what, rest, submit.address(args.address))
-    job, name, sections = submit.build(args.job, args.runtime_env, submission_id=args.submission_id,
-                                       num_cpus=args.entrypoint_num_cpus, num_gpus=args.entrypoint_num_gpus)
-    upload = submit.upload_size(Path(job.runtime_env["working_dir"]), job.runtime_env.get("excludes", []))[0] \
-        if "working_dir" in job.runtime_env else None
+    job, name, sections, upload = submit.build(args.job, args.runtime_env, submission_id=args.submission_id,
+                                               num_cpus=args.entrypoint_num_cpus, num_gpus=args.entrypoint_num_gpus)
     if args.dry_run:
         say(submit.describe(job, upload))
         return 0
