@@ -20,6 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster" / "raycluster.yaml"
 SERVE = ROOT / "serve" / "config.gpu.yaml"
 RUNTIME_ENV = ROOT / "jobs" / "runtime_env.yaml"
+POD_HTTP_HOST = "0.0.0.0"
+"""The Serve proxies' address in the RayService: inside a pod the Kubernetes Service reaches them on the pod's
+address, so this one wider bind is set here, explicitly (serve/config*.yaml and every local run keep 127.0.0.1;
+cluster/README.md, Listening addresses)."""
 RUN = "/mnt/shared/runs/moral-stories"
 """Where the RayJob's pipeline writes, and so where the RayService finds the model."""
 
@@ -58,7 +62,7 @@ def rayjob(cluster: dict, runtime_env: dict) -> dict:
 
 def serve_config_v2(serve: dict) -> dict:
     config = copy.deepcopy(serve)
-    config["http_options"]["host"] = "0.0.0.0"  # in a pod: the Kubernetes Service reaches the proxies there
+    config["http_options"]["host"] = POD_HTTP_HOST
     config["applications"][0]["args"]["model"] = f"{RUN}/rl/model"
     return config
 
