@@ -38,9 +38,9 @@ def sft_ask(cfg: SFTConfig, cluster_cpus: float, what: str = "sft") -> Ask:
 
 def rl_ask(cfg: RLConfig, cluster_cpus: float) -> Ask:
     """The RL actors' placement group, as the rl stage plans it."""
-    from secondthought.rl.placement import plan
+    from secondthought.rl.placement import group_cpus, plan
 
-    bundles, _ = plan(cfg, min(max(cluster_cpus, 1), 8 * max(cfg.rollout_workers, cfg.learner_workers)))
+    bundles, _ = plan(cfg, group_cpus(cfg, max(cluster_cpus, 1)))
     return Ask("rl", tuple(bundles), cfg.placement_strategy)
 
 

@@ -213,13 +213,13 @@ def client(dashboard: str):
         raise ConfigError(f"cannot reach the cluster at {dashboard}: {type(e).__name__}: {e}") from None
 
 
-def submit(job: Job, dashboard: str) -> str:
-    return client(dashboard).submit_job(**asdict(job))
+def submit(job: Job, jobs) -> str:
+    """Send ``job`` with the JobSubmissionClient ``jobs``; its submission id."""
+    return jobs.submit_job(**asdict(job))
 
 
-def follow(dashboard: str, submission_id: str, out=sys.stdout) -> str:
+def follow(jobs, submission_id: str, out=sys.stdout) -> str:
     """Stream the job's logs until it ends; its final status."""
-    jobs = client(dashboard)
 
     async def tail() -> None:
         async for lines in jobs.tail_job_logs(submission_id):

@@ -130,8 +130,9 @@ def _submit(args: Namespace, s: dict) -> int:
     what, rest = (args.job[0], args.job[1:]) if args.job else ("", [])
     if what in submit.ACTIONS:
         return submit.action(what, rest, submit.address(args.address))
-    job, name, sections, upload = submit.build(args.job, args.runtime_env, submission_id=args.submission_id,
-                                               num_cpus=args.entrypoint_num_cpus, num_gpus=args.entrypoint_num_gpus)
+    job, name, sections, upload = submit.build(args.job, args.runtime_env or submit.RUNTIME_ENV,
+                                               submission_id=args.submission_id, num_cpus=args.entrypoint_num_cpus,
+                                               num_gpus=args.entrypoint_num_gpus)
     if args.dry_run:
         say(submit.describe(job, upload))
         return 0
@@ -141,13 +142,14 @@ def _submit(args: Namespace, s: dict) -> int:
         if problems:
             raise ConfigError("the job would wait forever for resources no node has:\n  " + "\n  ".join(problems)
                               + "\n(on a cluster that starts such nodes on demand, pass --skip-resource-check)")
-    submission_id = submit.submit(job, dashboard)
+    jobs = submit.client(dashboard)
+    submission_id = submit.submit(job, jobs)
     say(f"submitted {submission_id} to {dashboard}: {job.entrypoint}")
     if args.no_wait:
         say(f"follow it with: secondthought submit --address {dashboard} logs {submission_id}")
         return 0
     try:
-        status = submit.follow(dashboard, submission_id)
+        status = submit.follow(jobs, submission_id)
     except KeyboardInterrupt:
         say(f"stopped following; the job goes on. Stop it with: secondthought submit --address {dashboard} "
             f"stop {submission_id}")
@@ -269,8 +271,8 @@ COMMANDS = {
         "upload cap and that the cluster's nodes can hold what the stage asks for; --dry-run prints the job.",
         (),
         (("--address", dict(default=None, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")),
-         ("--runtime-env", dict(default=str(Path(__file__).resolve().parent.parent / "jobs" / "runtime_env.yaml"),
-                                help="runtime_env YAML: working_dir (relative to here), excludes, env_vars")),
+         ("--runtime-env", dict(default=None, help="runtime_env YAML: working_dir (relative to here), excludes, "
+                                                 "env_vars (default: the project's jobs/runtime_env.yaml)")),
          ("--submission-id", dict(default=None, help="the job's id (by default Ray makes one up)")),
          ("--entrypoint-num-cpus", dict(type=float, default=None, help="CPUs reserved for the job's driver")),
          ("--entrypoint-num-gpus", dict(type=float, default=None, help="GPUs reserved for the job's driver")),
@@ -319,7 +321,11 @@ def parse_stage(argv: list[str]) -> tuple[str, Namespace, dict]:
     sections (a bad value raises ConfigError naming its flag)."""
     cfg = build_parser().parse_args(argv)
     name, args = cfg.command, cfg[cfg.command]
-    return name, args, {s: SECTIONS[s](**args[s].as_dict()) for s in COMMANDS[name].sections}
+    return name, args, _sections(name, args)
+
+
+def _sections(name: str, args: Namespace) -> dict:
+    return {s: SECTIONS[s](**args[s].as_dict()) for s in COMMANDS[name].sections}
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -336,7 +342,7 @@ def run(argv: list[str] | None = None) -> int:
         with captured(log, args.verbose) if log else contextlib.nullcontext():
             if log:
                 say(f"secondthought {name}: full log in {log}")
-            code = command.run(args, {s: SECTIONS[s](**args[s].as_dict()) for s in command.sections}) or 0
+            code = command.run(args, _sections(name, args)) or 0
     except ConfigError as e:  # also one raised in a Ray task: its cause is the error itself
         error, code = f"secondthought {name}: error: {getattr(e, 'cause', None) or e}", 2
     except KeyboardInterrupt:

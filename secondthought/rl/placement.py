@@ -38,12 +38,17 @@ def plan(cfg: RLConfig, cpus: float) -> tuple[list[dict], dict[str, list[tuple[i
     return [{k: v for k, v in bundle.items() if v} for _ in range(n)], where
 
 
+def group_cpus(cfg: RLConfig, cluster_cpus: float) -> float:
+    """The CPUs the colocated group takes on a cluster with ``cluster_cpus``: all of them, at most 8 a bundle."""
+    return min(cluster_cpus, 8 * max(cfg.rollout_workers, cfg.learner_workers))
+
+
 class Placement:
     """The run's placement group, created and ready; ``options`` places one actor of a role in it."""
 
     def __init__(self, cfg: RLConfig, timeout_s: float = 600):
         self.cfg = cfg
-        self.cpus = min(ray.cluster_resources().get("CPU", 1), 8 * max(cfg.rollout_workers, cfg.learner_workers))
+        self.cpus = group_cpus(cfg, ray.cluster_resources().get("CPU", 1))
         self.bundles, self.where = plan(cfg, self.cpus)
         self.group = placement_group(self.bundles, strategy=cfg.placement_strategy)
         ray.get(self.group.ready(), timeout=timeout_s)
