@@ -84,27 +84,23 @@ def generate(name: str, model_dir: str, rows: list[EvalRow], max_new_tokens: int
     return outputs
 
 
-def perplexities(name: str, base_dir: str, contexts: list[str], texts: list[str]) -> np.ndarray:
+def perplexities(name: str, base_dir: str, contexts: list[str], texts: list[str], batch_size: int) -> np.ndarray:
     """Per-row mean negative log-likelihood of each text after its context, under the base LM."""
     import torch
     from transformers import AutoTokenizer
 
+    from secondthought.inference import mean_nll
     from secondthought.models import load_model
 
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = load_model(base_dir).eval()
-    nll = []
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False).input_ids
+
     line = ProgressLine(f"eval: perplexity of {name}", len(texts), "rows")
-    with torch.no_grad():
-        for context, text in zip(contexts, texts):
-            ctx = tokenizer(context, add_special_tokens=False).input_ids
-            ids = tokenizer(" " + text.strip(), add_special_tokens=False).input_ids or [tokenizer.eos_token_id]
-            full = torch.tensor([ctx + ids])
-            logits = model(full).logits[0, len(ctx) - 1 : -1] if ctx else model(full).logits[0, :-1]
-            targets = full[0, len(ctx):] if ctx else full[0, 1:]
-            nll.append(float(torch.nn.functional.cross_entropy(logits.float(), targets)))
-            line.update(len(nll))
+    nll = mean_nll(model, [ids(c) for c in contexts], [ids(" " + t.strip()) or [tokenizer.eos_token_id] for t in texts],
+                   tokenizer.pad_token_id, batch_size, done=line.update)
     line.close()
     return np.asarray(nll)
 
@@ -259,7 +255,8 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
         texts = {"copy": [r.source for r in test], "reference": [r.target for r in test]}
         texts |= {name: [o.target.strip() for o in done] for name, done in outputs.items()}
         contexts = [r.context for r in test]
-        nll = {name: remote(perplexities).remote(name, str(base_model), contexts, t) for name, t in texts.items()}
+        nll = {name: remote(perplexities).remote(name, str(base_model), contexts, t, cfg.batch_size)
+               for name, t in texts.items()}
         nll = {name: ray.get(job) for name, job in nll.items()}
         console.say(f"eval: perplexities done ({time.time() - started:.0f}s)")
 

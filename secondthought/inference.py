@@ -52,19 +52,23 @@ def next_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows left-padded to one width: (input_ids, attention_mask, position_ids); every row ends in the last column."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for k, r in enumerate(rows):
+        input_ids[k, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        attention_mask[k, width - len(r) :] = 1
+    return input_ids, attention_mask, (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
 @torch.no_grad()
 def _decode(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, params: SamplingParams,
             generator: torch.Generator) -> Iterator[tuple[list[int], list[int]]]:
     """Decode a batch one step at a time: yields (rows still decoding, the token each wrote) per step."""
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for k, p in enumerate(prompts):
-        input_ids[k, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        attention_mask[k, width - len(p) :] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    input_ids, attention_mask, position_ids = (t.to(device) for t in _left_padded(prompts, pad_id))
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
                 logits_to_keep=1)
     cache, logits = out.cache, out.logits[:, -1]
@@ -118,6 +122,35 @@ def sample(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, pa
         if done is not None:
             done(start + len(chunk))
     return completions
+
+
+@torch.no_grad()
+def mean_nll(model, contexts: Sequence[Sequence[int]], texts: Sequence[Sequence[int]], pad_id: int,
+             batch_size: int = 16, done: Optional[Callable[[int], None]] = None) -> list[float]:
+    """Mean negative log-likelihood of each text's tokens after its context (both token ids; a text needs at
+    least one token, a context may be empty: the text's first token is then not scored).
+
+    Rows are sorted by length and left-padded, so every text is the suffix of its row and only the last
+    columns' logits are computed (not the vocabulary-wide logits of the contexts)."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(contexts[i]) + len(texts[i]))
+    nll = [0.0] * len(texts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        input_ids, attention_mask, position_ids = _left_padded([list(contexts[i]) + list(texts[i]) for i in chunk],
+                                                               pad_id)
+        keep = max(len(texts[i]) for i in chunk) + 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                       position_ids=position_ids.to(device), logits_to_keep=keep).logits.float()
+        # logits[:, j] predicts the token at column (width - keep + j + 1)
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, -keep + 1 :].to(device),
+                                                   reduction="none")
+        for row, i in enumerate(chunk):
+            scored = len(texts[i]) if contexts[i] else len(texts[i]) - 1
+            nll[i] = float(losses[row, losses.shape[1] - scored :].mean()) if scored else float("nan")
+        if done is not None:
+            done(start + len(chunk))
+    return nll
 
 
 def completion_text(tokenizer, ids: Sequence[int]) -> str:

@@ -43,3 +43,34 @@ def test_a_model_that_writes_no_chains_gets_no_verdict(folder, tokenizer, tmp_pa
     assert policy.info.writes_chains is False
     ids = tokenizer(TGT + "Tom asks.", add_special_tokens=False).input_ids
     assert policy.output(ids, "Tom shoves.").verdict is None and policy.output(ids).target == "Tom asks."
+
+
+def test_batched_scoring_equals_one_row_at_a_time(folder, tokenizer):
+    """mean_nll left-pads rows of different lengths and keeps only the texts' logits: the same numbers as a
+    plain forward of each row alone (an empty context scores the text from its second token)."""
+    import math
+
+    import torch
+
+    from secondthought.inference import mean_nll
+
+    model = Policy.load(folder).model
+
+    def encode(text):
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    contexts = [encode(c) for c in ("Be kind to strangers.", "", "Help.", "Do not lie to your friends about money.")]
+    texts = [encode(t) for t in (" Tom asks the man.", " Maya waits her turn in the line.", " Ok.", " He tells them.")]
+
+    def alone(context, text):
+        full = torch.tensor([context + text])
+        with torch.no_grad():
+            logits = model(full).logits[0]
+        start = max(len(context), 1)
+        return float(torch.nn.functional.cross_entropy(logits[start - 1 : -1], full[0, start:]))
+
+    expected = [alone(c, t) for c, t in zip(contexts, texts)]
+    seen = []
+    got = mean_nll(model, contexts, texts, tokenizer.pad_token_id, batch_size=3, done=seen.append)
+    assert got == pytest.approx(expected, abs=1e-4) and not any(math.isnan(v) for v in got)
+    assert seen == [3, 4]
