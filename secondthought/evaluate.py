@@ -30,6 +30,7 @@ from secondthought.data.schema import judge_held_out
 from secondthought.formatting import Verdict
 from secondthought.inference import Output
 from secondthought.judge import Judge, JudgeSpec, Labelled, cached
+from secondthought.models import resolve_precision
 from secondthought.runs import REPORT, PreparedDir, ReportDir, claim, model_folder, write_json
 from secondthought.runtime import ray_session
 from secondthought.tracking import ProgressLine, figure
@@ -72,11 +73,13 @@ def prepare_judge(prepared: PreparedDir, cfg: EvalConfig) -> dict:
             "train_seconds": info["seconds"]}
 
 
-def generate(name: str, model_dir: str, rows: list[EvalRow], max_new_tokens: int, batch_size: int) -> list[Output]:
+def generate(name: str, model_dir: str, rows: list[EvalRow], max_new_tokens: int, batch_size: int,
+             precision: str) -> list[Output]:
     """Greedy completions of the rows' prompts, chains checked against their sources."""
     from secondthought.inference import Policy, SamplingParams
+    from secondthought.models import torch_dtype
 
-    policy = Policy.load(model_dir, threads=1)
+    policy = Policy.load(model_dir, threads=1, dtype=torch_dtype(precision))
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0, batch_size=batch_size)
     line = ProgressLine(f"eval: {name} writing", len(rows), "rows")
     outputs = policy.complete([r.prompt_ids for r in rows], [r.source for r in rows], params, seed=0, done=line.update)
@@ -84,17 +87,18 @@ def generate(name: str, model_dir: str, rows: list[EvalRow], max_new_tokens: int
     return outputs
 
 
-def perplexities(name: str, base_dir: str, contexts: list[str], texts: list[str], batch_size: int) -> np.ndarray:
+def perplexities(name: str, base_dir: str, contexts: list[str], texts: list[str], batch_size: int,
+                 precision: str) -> np.ndarray:
     """Per-row mean negative log-likelihood of each text after its context, under the base LM."""
     import torch
     from transformers import AutoTokenizer
 
     from secondthought.inference import mean_nll
-    from secondthought.models import load_model
+    from secondthought.models import load_model, torch_dtype
 
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = load_model(base_dir).eval()
+    model = load_model(base_dir, dtype=torch_dtype(precision)).eval()
     def ids(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False).input_ids
 
@@ -194,7 +198,8 @@ def markdown(report: dict, examples: list[dict]) -> str:
         f"{judge['train_triples']} held-out training triples, **held-out accuracy {judge['held_out_accuracy']:.3f}** "
         f"on {judge['test_pairs']} test actions. Alignment is the judge's probability of aligned (an automatic "
         "judge, not the paper's human 1-7 rating). Each cell: value [95% bootstrap interval]; BLEU is corpus BLEU "
-        "(sacrebleu), ROUGE-L F1 (rouge-score), perplexity of the written text after its context under the base LM.",
+        "(sacrebleu), ROUGE-L F1 (rouge-score), perplexity of the written text after its context under the base LM. "
+        f"Greedy decoding in {report['precision']}.",
         "", "| system | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|",
     ]
     for system in report["systems"]:
@@ -239,24 +244,29 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
     test = test[: cfg.max_rows] if cfg.max_rows else test
     claim(out.path, "report", done_file=REPORT)
     started = time.time()
+    precision = resolve_precision(cfg.precision)
     with ray_session(ray_cfg, shared=out.path):
         import ray
 
         remote = ray.remote(num_cpus=1)
-        jobs = {name: remote(generate).remote(name, folder, test, cfg.max_new_tokens, cfg.batch_size)
+        jobs = {name: remote(generate).remote(name, folder, test, cfg.max_new_tokens, cfg.batch_size, precision)
                 for name, folder in systems.items()}
         judge_job = remote(prepare_judge).remote(prepared, cfg)
+        contexts = [r.context for r in test]
+        texts = {"copy": [r.source for r in test], "reference": [r.target for r in test]}
+
+        def score(name: str):  # queued at once: a CPU a model's decoding leaves free starts it
+            return remote(perplexities).remote(name, str(base_model), contexts, texts[name], cfg.batch_size, precision)
+
+        nll = {name: score(name) for name in texts}
         outputs: dict[str, list[Output]] = {}
         for name, job in jobs.items():
             outputs[name] = ray.get(job)
+            texts[name] = [o.target.strip() for o in outputs[name]]
+            nll[name] = score(name)
             console.say(f"eval: {name} wrote {len(test)} outputs ({time.time() - started:.0f}s)")
         judge_info = ray.get(judge_job)
         console.say(f"eval: judge {'reused' if judge_info['reused'] else 'trained'} ({judge_info['folder']})")
-        texts = {"copy": [r.source for r in test], "reference": [r.target for r in test]}
-        texts |= {name: [o.target.strip() for o in done] for name, done in outputs.items()}
-        contexts = [r.context for r in test]
-        nll = {name: remote(perplexities).remote(name, str(base_model), contexts, t, cfg.batch_size)
-               for name, t in texts.items()}
         nll = {name: ray.get(job) for name, job in nll.items()}
         console.say(f"eval: perplexities done ({time.time() - started:.0f}s)")
 
@@ -270,7 +280,8 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
         done = outputs.get(name)
         verdicts = [o.verdict for o in done] if done and done[0].verdict is not None else None
         results.append(system_metrics(name, test, written, verdicts, aligned[name], aligned["copy"], nll[name], cfg))
-    report = {"prepared": str(prepared.path), "split": cfg.split, "test_rows": len(test), "judge": judge_info,
+    report = {"prepared": str(prepared.path), "split": cfg.split, "test_rows": len(test), "precision": precision,
+              "judge": judge_info,
               "systems": results, "models": systems, "config": asdict(cfg),
               "seconds": round(time.time() - started, 1)}
     examples = [{"id": r.id, "context": r.context, "source": r.source,

@@ -197,6 +197,27 @@ def _init_new_tokens(model, tokenizer, old_size: int) -> None:
                     table[token_id] = table[word_ids].mean(dim=0)
 
 
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """"bf16" or "fp32" for a precision setting; "auto" is bf16 where ``device`` has fast bf16 kernels (a GPU
+    that supports it, a CPU that oneDNN runs bf16 on: AVX-512 and newer), else fp32."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        fast = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        fast = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "bf16" if fast else "fp32"
+
+
+def torch_dtype(precision: str):
+    """The torch dtype of a resolved precision ("bf16" or "fp32")."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+
+
 def load_model(path: str | Path, dtype=None, trust_remote_code: bool = False):
     """A causal LM from a folder of safetensors weights."""
     from transformers import AutoModelForCausalLM

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from secondthought.config import DataConfig, EvalConfig, PrepareConfig, RayConfig, SFTConfig, TransferConfig
+from secondthought.models import resolve_precision
 from secondthought.runs import (
     CONFIG,
     TRANSFER,
@@ -41,6 +42,7 @@ def run_transfer(model: str | Path, data: DataConfig, cfg: TransferConfig, evalu
     (out / CONFIG).write_text(json.dumps({"model": str(model), "data": asdict(data), "transfer": asdict(cfg),
                                           "eval": asdict(evaluation)}, indent=2))
     prepared, report_dir = PreparedDir(out / "prepared"), ReportDir(out / "eval")
+    precision = resolve_precision(cfg.precision)
     with ray_session(ray_cfg, shared=out):
         manifest = run_once("prepare", prepared.manifest_file, f"{data.dataset} with the model's tokenizer",
                             lambda _: run_prepare(data, PrepareConfig(cost_sets=[(1, 1, 1)], reverse=False,
@@ -51,9 +53,11 @@ def run_transfer(model: str | Path, data: DataConfig, cfg: TransferConfig, evalu
             if k == 0:
                 systems["k=0"] = str(model)
                 continue
-            sft = SFTConfig(model=str(model), max_train_rows=k, epochs=cfg.epochs, num_workers=1,
-                            micro_batch_size=min(cfg.micro_batch_size, k), lr=cfg.lr, warmup_fraction=0.0,
-                            eval_every=10**9, patience=0, max_eval_rows=cfg.max_eval_rows, log_every=10)
+            # one worker: ZeRO has nothing to partition, and stage 0 steps about 1.5x faster on a CPU
+            sft = SFTConfig(model=str(model), max_train_rows=k, epochs=cfg.epochs, num_workers=1, zero_stage=0,
+                            precision=precision, micro_batch_size=min(cfg.micro_batch_size, k), lr=cfg.lr,
+                            warmup_fraction=0.0, eval_every=10**9, patience=0, max_eval_rows=cfg.max_eval_rows,
+                            log_every=10)
             folder = TrainingDir(out / f"k{k}")
             summary = run_once(f"k={k}", folder.summary_file, f"adapting with {k} examples",
                                lambda unfinished, sft=sft, folder=folder: run_sft(prepared.path, sft, ray_cfg,
@@ -62,6 +66,7 @@ def run_transfer(model: str | Path, data: DataConfig, cfg: TransferConfig, evalu
         report = run_once("eval", report_dir.report_file, f"evaluating {', '.join(systems)}",
                           lambda _: run_eval(prepared.path, systems, base, evaluation, ray_cfg, report_dir.path))
     result = {"dataset": data.dataset, "rows": manifest["rows_out"], "report": str(report_dir.markdown),
+              "precision": {"adaptation": precision, "evaluation": report["precision"]},
               "judge_accuracy": report["judge"]["held_out_accuracy"],
               "results": {s["system"]: {k: (s["metrics"][k][0] if s["metrics"].get(k) else None)
                                         for k in ("alignment", "bleu", "rouge_l", "validity")}

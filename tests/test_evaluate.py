@@ -41,12 +41,13 @@ def test_judge_pairs_label_source_0_and_target_1():
 
 
 def test_markdown_table_has_a_row_per_system_with_intervals():
-    report = {"test_rows": 2, "prepared": "p", "config": {"judge": "minilm"},
+    report = {"test_rows": 2, "prepared": "p", "config": {"judge": "minilm"}, "precision": "bf16",
               "judge": {"kind": "frozen", "train_triples": 10, "held_out_accuracy": 0.75, "test_pairs": 4},
               "systems": [{"system": "copy", "metrics": {"alignment": (0.2, 0.1, 0.3), "bleu": (10.0, 5.0, 15.0)}}]}
     text = markdown(report, [{"id": "a", "context": "c", "source": "x y", "outputs": {"m": "x z"}}])
     assert "| copy | 0.200 [0.100, 0.300] | n/a | 10.000 [5.000, 15.000]" in text
     assert "Judge: minilm (frozen) trained on 10" in text and "held-out accuracy 0.750" in text and "- m: x ~~y~~ **z**" in text
+    assert "Greedy decoding in bf16." in text
 
 
 def test_eval_config_errors():
@@ -54,6 +55,20 @@ def test_eval_config_errors():
         EvalConfig(split="dev")
     with pytest.raises(ConfigError, match="--eval.bootstrap"):
         EvalConfig(bootstrap=0)
+    with pytest.raises(ConfigError, match="--eval.precision must be auto, bf16 or fp32, got 'fp16'"):
+        EvalConfig(precision="fp16")
+
+
+def test_precision_auto_resolves_to_a_dtype_and_explicit_settings_stay():
+    import torch
+
+    from secondthought.models import resolve_precision, torch_dtype
+
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    assert resolve_precision("auto") in ("bf16", "fp32")
+    assert resolve_precision("auto", "cuda") == ("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+                                                  else "fp32")
+    assert torch_dtype("bf16") is torch.bfloat16 and torch_dtype("fp32") is torch.float32
 
 
 def test_eval_refuses_bad_systems_and_base_before_any_work(tmp_path):

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from secondthought.config import DataConfig, EvalConfig, RayConfig, TransferConfig
+from secondthought.models import resolve_precision
 from secondthought.transfer import run_transfer
 from tests.conftest import shared_file
 
@@ -29,6 +30,11 @@ def test_transfer_adapts_with_k_examples_and_evaluates_each(dataset, ray_local, 
     assert summary["train_chains"] == 8 and summary["steps"] == 2 * 8 // 4
     report = json.loads((out / "eval" / "report.json").read_text())
     assert report["test_rows"] == 16 and report["models"]["k=0"] == str(model.resolve())
+    # "auto": bf16 where this machine has fast bf16 kernels; the adaptation ran in it, on one unpartitioned worker
+    precision = resolve_precision("auto")
+    assert result["precision"] == {"adaptation": precision, "evaluation": precision}
+    adapted = json.loads((out / "k8" / "config.json").read_text())
+    assert (adapted["precision"], adapted["zero_stage"]) == (precision, 0) and report["precision"] == precision
 
     capsys.readouterr()
     again = run_transfer(model, data, cfg, evaluation, RayConfig(), out)
