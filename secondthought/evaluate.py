@@ -123,13 +123,18 @@ def bootstrap(values: np.ndarray, statistic=np.mean, resamples: int = 1000, seed
 
 
 def corpus_bleu_of(hypotheses: list[str], references: list[str], resamples: int, seed: int) -> tuple:
-    import sacrebleu
+    """Corpus BLEU (sacrebleu) and its bootstrap interval over rows. Corpus BLEU is a function of the n-gram
+    counts summed over sentences: each sentence's counts are taken once (sacrebleu's own statistics) and a
+    resample adds them up, instead of tokenising the whole corpus again for every resample (20 s a system)."""
+    from sacrebleu.metrics import BLEU
 
-    def bleu(index: np.ndarray) -> float:
-        index = np.asarray(index, dtype=int)
-        return sacrebleu.corpus_bleu([hypotheses[i] for i in index], [[references[i] for i in index]]).score
+    bleu = BLEU()
+    stats = np.asarray(bleu._extract_corpus_statistics(hypotheses, [references]), dtype=np.int64)
 
-    return bootstrap(np.arange(len(hypotheses)), bleu, resamples, seed)
+    def score(index: np.ndarray) -> float:
+        return bleu._compute_score_from_stats(stats[np.asarray(index, dtype=int)].sum(axis=0).tolist()).score
+
+    return bootstrap(np.arange(len(hypotheses)), score, resamples, seed)
 
 
 def rouge_l(hypotheses: list[str], references: list[str]) -> np.ndarray:
@@ -249,7 +254,14 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
         import ray
 
         remote = ray.remote(num_cpus=1)
-        jobs = {name: remote(generate).remote(name, folder, test, cfg.max_new_tokens, cfg.batch_size, precision)
+        # each model's rows in parts, so that every CPU decodes until the last part is done (three models on
+        # two CPUs would otherwise leave one idle while the third decodes alone); fp32 outputs do not depend
+        # on how rows are grouped
+        parts = max(1, min(int(ray.cluster_resources().get("CPU", 1)), math.ceil(len(test) / cfg.batch_size)))
+        bounds = np.linspace(0, len(test), parts + 1).astype(int).tolist()
+        jobs = {name: [remote(generate).remote(name if parts == 1 else f"{name} [{a}:{b}]", folder, test[a:b],
+                                               cfg.max_new_tokens, cfg.batch_size, precision)
+                       for a, b in zip(bounds, bounds[1:])]
                 for name, folder in systems.items()}
         judge_job = remote(prepare_judge).remote(prepared, cfg)
         contexts = [r.context for r in test]
@@ -261,7 +273,7 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
         nll = {name: score(name) for name in texts}
         outputs: dict[str, list[Output]] = {}
         for name, job in jobs.items():
-            outputs[name] = ray.get(job)
+            outputs[name] = sum(ray.get(job), [])
             texts[name] = [o.target.strip() for o in outputs[name]]
             nll[name] = score(name)
             console.say(f"eval: {name} wrote {len(test)} outputs ({time.time() - started:.0f}s)")

@@ -17,6 +17,24 @@ def test_bleu_and_rouge_from_the_libraries():
     assert partial == pytest.approx(2 * (1.0 * 4 / 7) / (1.0 + 4 / 7))  # precision 1, recall 4/7
 
 
+def test_bleu_from_summed_sentence_counts_is_sacrebleus_corpus_bleu():
+    import sacrebleu
+
+    rng = np.random.default_rng(0)
+    words = "tom asks the man to leave politely maya waits her turn in line and he helps".split()
+    refs = [" ".join(rng.choice(words, rng.integers(3, 12))) for _ in range(40)]
+    hyps = [" ".join(w if rng.random() < 0.7 else rng.choice(words) for w in r.split()[: rng.integers(2, 12)])
+            for r in refs]
+
+    def direct(index):  # corpus BLEU of the rows drawn, re-tokenised each time (the slow way)
+        index = np.asarray(index, dtype=int)
+        return sacrebleu.corpus_bleu([hyps[i] for i in index], [[refs[i] for i in index]]).score
+
+    fast = corpus_bleu_of(hyps, refs, 100, 0)
+    assert fast[0] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9) and fast[1] < fast[0] < fast[2]
+    assert fast == pytest.approx(bootstrap(np.arange(len(hyps)), direct, 100, 0), abs=1e-9)
+
+
 def test_bootstrap_interval_contains_the_mean_and_narrows_with_data():
     rng = np.random.default_rng(0)
     small = rng.normal(0.5, 0.1, 20)
@@ -91,3 +109,30 @@ def test_eval_refuses_bad_systems_and_base_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="--models 'mine': .* is not a model folder"):
         run({"mine": str(tmp_path)}, model)
     assert not (tmp_path / "eval").exists()
+
+
+def test_eval_decodes_each_model_in_parts_over_the_cpus_and_keeps_every_row_in_order(ray_local, memorized, tmp_path):
+    """Two CPUs, batches of 4: the model's 12 rows are decoded by two tasks; the report holds every row once,
+    in the split's order, exactly what one fp32 decoding of all rows writes."""
+    import json
+
+    import torch
+
+    from secondthought.config import DataConfig, PrepareConfig, RayConfig
+    from secondthought.evaluate import _triples, run_eval
+    from secondthought.inference import Policy, SamplingParams
+    from secondthought.prepare import run_prepare
+    from secondthought.runs import PreparedDir
+
+    prepared = tmp_path / "prepared"
+    run_prepare(DataConfig(), PrepareConfig(), RayConfig(), prepared, progress=False)
+    cfg = EvalConfig(judge="tiny-bert", precision="fp32", batch_size=4, max_rows=12, max_new_tokens=24, bootstrap=50)
+    report = run_eval(prepared, {"memorized": str(memorized)}, memorized, cfg, RayConfig(), tmp_path / "eval")
+    rows = _triples(PreparedDir.open(prepared), "test")[:12]
+    expected = Policy.load(memorized, dtype=torch.float32).complete(
+        [r.prompt_ids for r in rows], [r.source for r in rows], SamplingParams(max_new_tokens=24, temperature=0,
+                                                                              batch_size=12))
+    written = [json.loads(line) for line in (tmp_path / "eval" / "completions.jsonl").read_text().splitlines()]
+    assert report["test_rows"] == len(rows) == 12 and report["precision"] == "fp32"
+    assert [w["id"] for w in written] == [r.id for r in rows]
+    assert [w["memorized"] for w in written] == [o.text for o in expected]
