@@ -99,6 +99,7 @@ def perplexities(name: str, base_dir: str, contexts: list[str], texts: list[str]
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = load_model(base_dir, dtype=torch_dtype(precision)).eval()
+
     def ids(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False).input_ids
 
@@ -272,8 +273,8 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
 
         nll = {name: score(name) for name in texts}
         outputs: dict[str, list[Output]] = {}
-        for name, job in jobs.items():
-            outputs[name] = sum(ray.get(job), [])
+        for name, parts_of_model in jobs.items():
+            outputs[name] = sum(ray.get(parts_of_model), [])
             texts[name] = [o.target.strip() for o in outputs[name]]
             nll[name] = score(name)
             console.say(f"eval: {name} wrote {len(test)} outputs ({time.time() - started:.0f}s)")

@@ -112,16 +112,21 @@ def sample(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, pa
     dead actor can be redone exactly.
     """
     generator = _generator(model, seed)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     completions: list[list[int]] = [[] for _ in prompts]
-    for start in range(0, len(order), params.batch_size):
-        chunk = order[start : start + params.batch_size]
+    for chunk in _by_length([len(p) for p in prompts], params.batch_size, done):
         for i, completion in zip(chunk, _sample_batch(model, [prompts[i] for i in chunk], eos_id, pad_id, params,
                                                      generator)):
             completions[i] = completion
-        if done is not None:
-            done(start + len(chunk))
     return completions
+
+
+def _by_length(lengths: Sequence[int], batch_size: int, done: Optional[Callable[[int], None]]) -> Iterator[list[int]]:
+    """Row indices sorted by length, a batch at a time (little padding); ``done(rows)`` after each batch."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+        if done is not None:
+            done(min(start + batch_size, len(order)))
 
 
 @torch.no_grad()
@@ -133,10 +138,8 @@ def mean_nll(model, contexts: Sequence[Sequence[int]], texts: Sequence[Sequence[
     Rows are sorted by length and left-padded, so every text is the suffix of its row and only the last
     columns' logits are computed (not the vocabulary-wide logits of the contexts)."""
     device = next(model.parameters()).device
-    order = sorted(range(len(texts)), key=lambda i: len(contexts[i]) + len(texts[i]))
     nll = [0.0] * len(texts)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in _by_length([len(c) + len(t) for c, t in zip(contexts, texts)], batch_size, done):
         input_ids, attention_mask, position_ids = _left_padded([list(contexts[i]) + list(texts[i]) for i in chunk],
                                                                pad_id)
         keep = max(len(texts[i]) for i in chunk) + 1
@@ -148,8 +151,6 @@ def mean_nll(model, contexts: Sequence[Sequence[int]], texts: Sequence[Sequence[
         for row, i in enumerate(chunk):
             scored = len(texts[i]) if contexts[i] else len(texts[i]) - 1
             nll[i] = float(losses[row, losses.shape[1] - scored :].mean()) if scored else float("nan")
-        if done is not None:
-            done(start + len(chunk))
     return nll
 
 
