@@ -15,6 +15,7 @@ class ConfigError(ValueError):
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+DECODINGS = ("free", "constrained", "both")
 
 
 def _choice(flag: str, value, choices: tuple) -> None:
@@ -338,6 +339,13 @@ class EvalConfig:
     """Of decoding and perplexity: auto (bf16 where the device has fast bf16 kernels: a GPU, or a CPU that
     oneDNN runs bf16 on; else fp32), bf16 or fp32. bf16 decodes about 1.7x faster on an AVX-512 CPU; greedy
     outputs then differ from fp32 ones in some rows (README, Few-shot transfer)."""
+    decoding: str = "both"
+    """How chain-writing models decode: free, constrained (only chains that apply to the source: positions in
+    order, removed text forced to the source's own) or both (each such model is listed twice, e.g. ``sft-edits``
+    and ``sft-edits (constrained)``). Models that write targets only always decode freely."""
+    force_target: bool = False
+    """In constrained decoding also force the target to the chain's result (consistency 100% by construction);
+    by default the model writes it, so consistency measures the model."""
     judge: str = "minilm"
     """Encoder of the alignment judge: "minilm" (embedded), "tiny-bert" (tests) or a local folder."""
     judge_kind: str = "frozen"
@@ -363,6 +371,7 @@ class EvalConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--eval.{name} must be at least 1, got {getattr(self, name)}")
         _choice("--eval.split", self.split, ("train", "eval", "test"))
+        _choice("--eval.decoding", self.decoding, DECODINGS)
         _choice("--eval.judge_kind", self.judge_kind, ("frozen", "finetune"))
         _choice("--eval.precision", self.precision, PRECISIONS)
         if self.judge_max_rows is not None and self.judge_max_rows < 2:
@@ -431,6 +440,12 @@ class ServeConfig:
     """auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."""
     threads: int = 0
     """torch CPU threads per model replica (0: the replica's num_cpus, at least 1)."""
+    decoding: str = "constrained"
+    """How /v1/realign decodes a model that writes chains: constrained (only chains that apply to the text, so
+    every answer can be shown and corrected) or free."""
+    force_target: bool = True
+    """In constrained decoding also force the target to the chain's result (the answer's target and result then
+    agree)."""
     max_batch_size: int = 8
     """Requests decoded together by one model replica (@serve.batch)."""
     batch_wait_timeout_s: float = 0.01
@@ -449,6 +464,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         _choice("serve.device", self.device, ("auto", "cpu", "cuda"))
         _choice("serve.dtype", self.dtype, ("auto", "bf16", "fp32"))
+        _choice("serve.decoding", self.decoding, ("constrained", "free"))
         for name in ("max_batch_size", "max_text_chars", "max_prompt_chars", "max_new_tokens", "default_new_tokens",
                      "max_edits"):
             if getattr(self, name) < 1:

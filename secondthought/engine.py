@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
 from secondthought.config import ServeConfig
+from secondthought.constrained import ChainConstraint, Constrain
 from secondthought.inference import Policy, SamplingParams, completion_text
 from secondthought.realign import ApiError, CompletionJob, RealignJob, Sampling, cut_at_stop, realign_answer
 from secondthought.runs import model_folder
@@ -59,14 +60,26 @@ class Engine:
                            f"context of {self.context_limit} tokens")
         return ids
 
-    def _decode(self, prompts: Sequence[list[int]], jobs: Sequence[Job]) -> list[list[int]]:
-        """Each job's completion token ids; jobs with equal sampling settings are decoded together."""
-        groups: dict[Sampling, list[int]] = defaultdict(list)
+    def _constraint(self, job: Job) -> Optional[ChainConstraint]:
+        """A realign job's constraint to its text (after its corrected prefix), when this server constrains."""
+        if not isinstance(job, RealignJob) or not self.writes_chains or self.cfg.decoding != "constrained":
+            return None
+        try:
+            return self.policy.constraints([job.source], Constrain(self.cfg.force_target), [job.prefix])[0]
+        except ValueError as e:
+            raise ApiError("edits", f"constrained decoding cannot continue these edits: {e}") from None
+
+    def _decode(self, prompts: Sequence[list[int]], jobs: Sequence[Job],
+                constraints: Sequence[Optional[ChainConstraint]]) -> list[list[int]]:
+        """Each job's completion token ids; jobs with equal sampling settings (and all constrained or all free)
+        are decoded together."""
+        groups: dict[tuple[Sampling, bool], list[int]] = defaultdict(list)
         for k, job in enumerate(jobs):
-            groups[job.sampling].append(k)
+            groups[job.sampling, constraints[k] is not None].append(k)
         out: list[list[int]] = [[] for _ in jobs]
-        for s, members in groups.items():
-            completions = self.policy.sample([prompts[k] for k in members], _params(s, len(members)), seed=s.seed)
+        for (s, constrained), members in groups.items():
+            completions = self.policy.sample([prompts[k] for k in members], _params(s, len(members)), seed=s.seed,
+                                             constraints=[constraints[k] for k in members] if constrained else None)
             for k, ids in zip(members, completions):
                 out[k] = ids
         return out
@@ -75,13 +88,16 @@ class Engine:
         """``answer(job, prompt ids, completion ids)`` for each job that fits the model, decoded in one batch; an
         ApiError in place of each job that does not."""
         results: list = []
-        for job in jobs:
+        constraints: dict[int, Optional[ChainConstraint]] = {}
+        for k, job in enumerate(jobs):
             try:
-                results.append(self._ids(job))
+                ids = self._ids(job)
+                constraints[k] = self._constraint(job)
+                results.append(ids)
             except ApiError as e:
                 results.append(e)
         ok = [k for k, r in enumerate(results) if not isinstance(r, ApiError)]
-        for k, ids in zip(ok, self._decode([results[k] for k in ok], [jobs[k] for k in ok])):
+        for k, ids in zip(ok, self._decode([results[k] for k in ok], [jobs[k] for k in ok], [constraints[k] for k in ok])):
             results[k] = answer(jobs[k], results[k], ids)
         return results
 

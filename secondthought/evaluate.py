@@ -2,7 +2,8 @@
 
 Systems: "copy" (the source unchanged), "reference" (the human target: an upper bound), and any
 number of models (e.g. SFT on targets only, SFT with edits, SFT + RL), each decoded greedily from
-the test prompts in a Ray task. Metrics per system, each with a bootstrap 95% interval: alignment
+the test prompts in Ray tasks; a model that writes chains freely and/or constrained to each source
+(``--eval.decoding``, listed as "name" and "name (constrained)"). Metrics per system, each with a bootstrap 95% interval: alignment
 (the judge's probability that the written text is the aligned one), win rate against the source,
 BLEU and ROUGE-L against the reference (sacrebleu, rouge-score), perplexity of the written text
 under the base LM, edit-chain validity and consistency, chain length.
@@ -21,21 +22,24 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from secondthought import console
 from secondthought.config import ConfigError, EvalConfig, RayConfig
+from secondthought.constrained import Constrain
 from secondthought.data.schema import judge_held_out
 from secondthought.formatting import Verdict
 from secondthought.inference import Output
 from secondthought.judge import Judge, JudgeSpec, Labelled, cached
 from secondthought.models import resolve_precision
-from secondthought.runs import REPORT, PreparedDir, ReportDir, claim, model_folder, write_json
+from secondthought.runs import REPORT, PreparedDir, ReportDir, claim, model_folder, read_model_info, write_json
 from secondthought.runtime import ray_session
 from secondthought.tracking import ProgressLine, figure
 
 NON_MODELS = ("copy", "reference")
+CONSTRAINED = "(constrained)"
 
 
 @dataclass
@@ -74,17 +78,34 @@ def prepare_judge(prepared: PreparedDir, cfg: EvalConfig) -> dict:
 
 
 def generate(name: str, model_dir: str, rows: list[EvalRow], max_new_tokens: int, batch_size: int,
-             precision: str) -> list[Output]:
-    """Greedy completions of the rows' prompts, chains checked against their sources."""
+             precision: str, constrain: Optional[Constrain] = None) -> tuple[list[Output], float]:
+    """Greedy completions of the rows' prompts, chains checked against their sources (and decoded constrained to
+    them with ``constrain``), and the seconds the decoding took."""
     from secondthought.inference import Policy, SamplingParams
     from secondthought.models import torch_dtype
 
     policy = Policy.load(model_dir, threads=1, dtype=torch_dtype(precision))
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0, batch_size=batch_size)
     line = ProgressLine(f"eval: {name} writing", len(rows), "rows")
-    outputs = policy.complete([r.prompt_ids for r in rows], [r.source for r in rows], params, seed=0, done=line.update)
+    started = time.perf_counter()
+    outputs = policy.complete([r.prompt_ids for r in rows], [r.source for r in rows], params, seed=0, done=line.update,
+                              constrain=constrain)
+    seconds = time.perf_counter() - started
     line.close()
-    return outputs
+    return outputs, seconds
+
+
+def decodings(systems: dict[str, str], cfg: EvalConfig) -> dict[str, tuple[str, Optional[Constrain]]]:
+    """Each system to decode: name -> (model folder, how it is constrained); a chain-writing model once per
+    decoding ``cfg.decoding`` asks for, "name (constrained)" when constrained."""
+    out: dict[str, tuple[str, Optional[Constrain]]] = {}
+    for name, folder in systems.items():
+        chains = read_model_info(folder).writes_chains
+        if not chains or cfg.decoding in ("free", "both"):
+            out[name] = (folder, None)
+        if chains and cfg.decoding in ("constrained", "both"):
+            out[f"{name} {CONSTRAINED}"] = (folder, Constrain(force_target=cfg.force_target))
+    return out
 
 
 def perplexities(name: str, base_dir: str, contexts: list[str], texts: list[str], batch_size: int,
@@ -184,6 +205,28 @@ def system_metrics(name: str, rows: list[EvalRow], texts: list[str], verdicts: l
     return {"system": name, "metrics": metrics}
 
 
+def decoding_cost(seconds: float, outputs: list[Output]) -> dict:
+    """CPU (or device) seconds a model's decoding took over all its parts, and per token written."""
+    tokens = sum(o.tokens for o in outputs)
+    return {"seconds": round(seconds, 2), "tokens": tokens, "ms_per_token": round(1000 * seconds / max(tokens, 1), 2)}
+
+
+def cost_lines(report: dict) -> list[str]:
+    """The decoding cost of each model, and of each constrained decoding against the same model's free one."""
+    cost = {s["system"]: s["decoding"] for s in report["systems"] if "decoding" in s}
+    if not cost:
+        return []
+    lines = ["", "Decoding cost (seconds over all parts / tokens written): " + "; ".join(
+        f"{name} {c['ms_per_token']:.1f} ms a token" for name, c in cost.items())]
+    ratios = [f"{name} {c['ms_per_token'] / cost[name[: -len(CONSTRAINED) - 1]]['ms_per_token']:.2f}x"
+              for name, c in cost.items() if name.endswith(CONSTRAINED) and name[: -len(CONSTRAINED) - 1] in cost]
+    if ratios:
+        lines.append("Constrained against free decoding of the same model, per token (the models decoded side by "
+                     "side on the same CPUs, so a rough figure; bench/bench_constrained.py measures it alone): "
+                     + "; ".join(ratios) + ".")
+    return lines
+
+
 def _cell(value) -> str:
     if value is None:
         return "n/a"
@@ -205,11 +248,17 @@ def markdown(report: dict, examples: list[dict]) -> str:
         f"on {judge['test_pairs']} test actions. Alignment is the judge's probability of aligned (an automatic "
         "judge, not the paper's human 1-7 rating). Each cell: value [95% bootstrap interval]; BLEU is corpus BLEU "
         "(sacrebleu), ROUGE-L F1 (rouge-score), perplexity of the written text after its context under the base LM. "
-        f"Greedy decoding in {report['precision']}.",
+        f"Greedy decoding in {report['precision']}." + (
+            f" A system marked {CONSTRAINED} is decoded constrained to its source: only chains that apply to it "
+            "(positions in order, removed text forced to the source's own words, at least one change), then "
+            + ("the chain's result as the target (forced)." if report["config"]["force_target"]
+               else "the target the model writes (not forced: consistency measures the model).")
+            if any(s["system"].endswith(CONSTRAINED) for s in report["systems"]) else ""),
         "", "| system | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|",
     ]
     for system in report["systems"]:
         lines.append(f"| {system['system']} | " + " | ".join(_cell(system["metrics"].get(c)) for c in COLUMNS) + " |")
+    lines += cost_lines(report)
     lines += ["", "## Examples", ""]
     for ex in examples:
         lines += [f"**{ex['id']}** - context: {ex['context']}", "", f"- source: {ex['source']}"]
@@ -261,9 +310,9 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
         parts = max(1, min(int(ray.cluster_resources().get("CPU", 1)), math.ceil(len(test) / cfg.batch_size)))
         bounds = np.linspace(0, len(test), parts + 1).astype(int).tolist()
         jobs = {name: [remote(generate).remote(name if parts == 1 else f"{name} [{a}:{b}]", folder, test[a:b],
-                                               cfg.max_new_tokens, cfg.batch_size, precision)
+                                               cfg.max_new_tokens, cfg.batch_size, precision, constrain)
                        for a, b in zip(bounds, bounds[1:])]
-                for name, folder in systems.items()}
+                for name, (folder, constrain) in decodings(systems, cfg).items()}
         judge_job = remote(prepare_judge).remote(prepared, cfg)
         contexts = [r.context for r in test]
         texts = {"copy": [r.source for r in test], "reference": [r.target for r in test]}
@@ -273,8 +322,11 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
 
         nll = {name: score(name) for name in texts}
         outputs: dict[str, list[Output]] = {}
+        cost: dict[str, dict] = {}
         for name, parts_of_model in jobs.items():
-            outputs[name] = sum(ray.get(parts_of_model), [])
+            done = ray.get(parts_of_model)
+            outputs[name] = sum((part for part, _ in done), [])
+            cost[name] = decoding_cost(sum(seconds for _, seconds in done), outputs[name])
             texts[name] = [o.target.strip() for o in outputs[name]]
             nll[name] = score(name)
             console.say(f"eval: {name} wrote {len(test)} outputs ({time.time() - started:.0f}s)")
@@ -292,7 +344,8 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
     for name, written in texts.items():
         done = outputs.get(name)
         verdicts = [o.verdict for o in done] if done and done[0].verdict is not None else None
-        results.append(system_metrics(name, test, written, verdicts, aligned[name], aligned["copy"], nll[name], cfg))
+        results.append(system_metrics(name, test, written, verdicts, aligned[name], aligned["copy"], nll[name], cfg)
+                       | ({"decoding": cost[name]} if name in cost else {}))
     report = {"prepared": str(prepared.path), "split": cfg.split, "test_rows": len(test), "precision": precision,
               "judge": judge_info,
               "systems": results, "models": systems, "config": asdict(cfg),

@@ -11,11 +11,13 @@ the longest is done.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from secondthought.constrained import ChainConstraint, ChainGrammar, Constrain
 from secondthought.formatting import Verdict, check_completion, split_completion
 from secondthought.runs import ModelInfo, read_model_info
 
@@ -65,8 +67,10 @@ def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tens
 
 @torch.no_grad()
 def _decode(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, params: SamplingParams,
-            generator: torch.Generator) -> Iterator[tuple[list[int], list[int]]]:
-    """Decode a batch one step at a time: yields (rows still decoding, the token each wrote) per step."""
+            generator: torch.Generator, constraints: Optional[Sequence[ChainConstraint]] = None
+            ) -> Iterator[tuple[list[int], list[int]]]:
+    """Decode a batch one step at a time: yields (rows still decoding, the token each wrote) per step. With
+    ``constraints`` (one per prompt) a row only writes tokens its constraint allows."""
     device = next(model.parameters()).device
     input_ids, attention_mask, position_ids = (t.to(device) for t in _left_padded(prompts, pad_id))
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
@@ -75,8 +79,17 @@ def _decode(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, p
     positions = position_ids[:, -1]
     active = torch.arange(len(prompts), device=device)  # original row of each row still decoding
     for step in range(params.max_new_tokens):
+        rows = active.tolist()
+        if constraints is not None:
+            left = params.max_new_tokens - step
+            allowed = torch.stack([constraints[row].mask(logits.shape[-1], left) for row in rows]).to(logits.device)
+            logits = logits.masked_fill(~allowed, float("-inf"))
         tokens = next_tokens(logits, params, generator)
-        yield active.tolist(), tokens.tolist()
+        written = tokens.tolist()
+        if constraints is not None:
+            for row, token in zip(rows, written):
+                constraints[row].advance(token)
+        yield rows, written
         going = tokens != eos_id
         if step == params.max_new_tokens - 1 or not bool(going.any()):
             return
@@ -92,9 +105,9 @@ def _decode(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, p
 
 
 def _sample_batch(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, params: SamplingParams,
-                  generator: torch.Generator) -> list[list[int]]:
+                  generator: torch.Generator, constraints: Optional[Sequence[ChainConstraint]]) -> list[list[int]]:
     completions: list[list[int]] = [[] for _ in prompts]
-    for rows, tokens in _decode(model, prompts, eos_id, pad_id, params, generator):
+    for rows, tokens in _decode(model, prompts, eos_id, pad_id, params, generator, constraints):
         for row, token in zip(rows, tokens):
             completions[row].append(token)
     return completions
@@ -105,8 +118,10 @@ def _generator(model, seed: int) -> torch.Generator:
 
 
 def sample(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, params: SamplingParams,
-           seed: int, done: Optional[Callable[[int], None]] = None) -> list[list[int]]:
-    """One completion per prompt (token ids; ends with ``eos_id`` unless cut at max_new_tokens).
+           seed: int, done: Optional[Callable[[int], None]] = None,
+           constraints: Optional[Sequence[ChainConstraint]] = None) -> list[list[int]]:
+    """One completion per prompt (token ids; ends with ``eos_id`` unless cut at max_new_tokens); with
+    ``constraints`` (one per prompt, ``secondthought.constrained``) each row writes only what its constraint allows.
 
     The same model, prompts, parameters and seed give the same completions, so work lost with a
     dead actor can be redone exactly.
@@ -114,8 +129,9 @@ def sample(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, pa
     generator = _generator(model, seed)
     completions: list[list[int]] = [[] for _ in prompts]
     for chunk in _by_length([len(p) for p in prompts], params.batch_size, done):
+        rows = [constraints[i] for i in chunk] if constraints is not None else None
         for i, completion in zip(chunk, _sample_batch(model, [prompts[i] for i in chunk], eos_id, pad_id, params,
-                                                     generator)):
+                                                     generator, rows)):
             completions[i] = completion
     return completions
 
@@ -171,6 +187,8 @@ class Output:
     verdict: Optional[Verdict]
     """Does the chain parse, apply to the source and give the written target (None: the model writes no
     chains, or no source was given)."""
+    tokens: int = 0
+    """Tokens the model wrote (EOS included)."""
 
 
 @dataclass
@@ -199,10 +217,24 @@ class Policy:
     def eos_id(self) -> int:
         return self.tokenizer.eos_token_id
 
+    @cached_property
+    def grammar(self) -> ChainGrammar:
+        return ChainGrammar(self.tokenizer)
+
+    def constraints(self, sources: Sequence[str], how: Constrain, prefixes: Optional[Sequence[str]] = None
+                    ) -> list[ChainConstraint]:
+        """One constraint per source (see ``secondthought.constrained``); ``prefixes``: chain text already in the
+        prompts. Only for a model that writes chains."""
+        if not self.info.writes_chains:
+            raise ValueError("constrained decoding is for a model that writes chains of edits; this one writes targets "
+                             "only")
+        return self.grammar.constraints(sources, how, prefixes)
+
     def sample(self, prompts: Sequence[Sequence[int]], params: SamplingParams, seed: int = 0,
-               done: Optional[Callable[[int], None]] = None) -> list[list[int]]:
+               done: Optional[Callable[[int], None]] = None,
+               constraints: Optional[Sequence[ChainConstraint]] = None) -> list[list[int]]:
         """Completions as token ids (see :func:`sample`); ``done(rows)`` after each batch."""
-        return sample(self.model, prompts, self.eos_id, self.tokenizer.pad_token_id, params, seed, done)
+        return sample(self.model, prompts, self.eos_id, self.tokenizer.pad_token_id, params, seed, done, constraints)
 
     def stream(self, prompt: Sequence[int], params: SamplingParams, seed: int = 0) -> Iterator[int]:
         """One prompt's completion, a token id at a time as it is decoded (the same tokens as :meth:`sample`)."""
@@ -214,10 +246,13 @@ class Policy:
         text = completion_text(self.tokenizer, ids)
         part = split_completion(text)
         verdict = check_completion(source, text) if source is not None and self.info.writes_chains else None
-        return Output(text, part.chain_text, part.target, verdict)
+        return Output(text, part.chain_text, part.target, verdict, len(ids))
 
     def complete(self, prompts: Sequence[Sequence[int]], sources: Optional[Sequence[str]], params: SamplingParams,
-                 seed: int = 0, done: Optional[Callable[[int], None]] = None) -> list[Output]:
-        """Decode every prompt; with ``sources`` (the source text of each prompt) each chain is checked."""
-        completions = self.sample(prompts, params, seed, done)
+                 seed: int = 0, done: Optional[Callable[[int], None]] = None,
+                 constrain: Optional[Constrain] = None) -> list[Output]:
+        """Decode every prompt; with ``sources`` (the source text of each prompt) each chain is checked, and with
+        ``constrain`` also decoded constrained to its source."""
+        constraints = self.constraints(sources, constrain) if constrain is not None else None
+        completions = self.sample(prompts, params, seed, done, constraints)
         return [self.output(ids, sources[k] if sources is not None else None) for k, ids in enumerate(completions)]

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from secondthought.config import ConfigError, EvalConfig
+from secondthought.constrained import ChainConstraint, Constrain
 from secondthought.evaluate import EvalRow, bootstrap, corpus_bleu_of, markdown, rouge_l, word_diff
+from secondthought.formatting import TGT
 from secondthought.judge import Labelled
 
 
@@ -71,6 +73,8 @@ def test_markdown_table_has_a_row_per_system_with_intervals():
 def test_eval_config_errors():
     with pytest.raises(ConfigError, match="--eval.split"):
         EvalConfig(split="dev")
+    with pytest.raises(ConfigError, match="--eval.decoding must be free, constrained or both"):
+        EvalConfig(decoding="greedy")
     with pytest.raises(ConfigError, match="--eval.bootstrap"):
         EvalConfig(bootstrap=0)
     with pytest.raises(ConfigError, match="--eval.precision must be auto, bf16 or fp32, got 'fp16'"):
@@ -136,3 +140,19 @@ def test_eval_decodes_each_model_in_parts_over_the_cpus_and_keeps_every_row_in_o
     assert report["test_rows"] == len(rows) == 12 and report["precision"] == "fp32"
     assert [w["id"] for w in written] == [r.id for r in rows]
     assert [w["memorized"] for w in written] == [o.text for o in expected]
+
+    # the default decoding is both: the chain-writing model is listed again, decoded constrained to each source
+    constrained = Policy.load(memorized, dtype=torch.float32).complete(
+        [r.prompt_ids for r in rows], [r.source for r in rows], SamplingParams(max_new_tokens=24, temperature=0,
+                                                                              batch_size=12), constrain=Constrain())
+    assert [s["system"] for s in report["systems"]] == ["copy", "reference", "memorized", "memorized (constrained)"]
+    assert [w["memorized (constrained)"] for w in written] == [o.text for o in constrained]
+    for row, out in zip(rows, constrained):  # every chain, finished or cut at max_new_tokens, fits its source
+        ChainConstraint(Policy.load(memorized).grammar.table, row.source).feed_text(out.text)
+    finished = sum(o.verdict.valid for o in constrained if TGT in o.text)
+    validity = {s["system"]: s["metrics"]["validity"][0] for s in report["systems"][2:]}
+    assert validity["memorized (constrained)"] == finished / 12 >= validity["memorized"]
+    cost = report["systems"][3]["decoding"]
+    assert cost["tokens"] == sum(o.tokens for o in constrained) and cost["seconds"] > 0
+    text = (tmp_path / "eval" / "report.md").read_text()
+    assert "memorized (constrained) " in text and "Constrained against free decoding of the same model" in text

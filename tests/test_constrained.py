@@ -1,0 +1,190 @@
+"""Decoding constrained to the source: the gold completion of every pair is allowed token by token, anything a
+walk through the allowed tokens writes is a chain that applies (and changes the source), and a model decoded
+under the constraint writes only allowed tokens."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from secondthought.constrained import ChainConstraint, ChainGrammar, Constrain
+from secondthought.edits import compute_edits, serialize
+from secondthought.formatting import TGT, check_completion, completion, prompt
+from secondthought.inference import Policy, SamplingParams, completion_text
+
+from tests.conftest import shared_file
+from tests.memorized import CORRECTION, triples
+
+
+@pytest.fixture(scope="module")
+def grammar(tokenizer):
+    return ChainGrammar(tokenizer)
+
+
+def gold_is_allowed(grammar, tokenizer, source: str, target: str, force_target: bool) -> bool:
+    constraint = ChainConstraint(grammar.table, source, force_target)
+    ids = tokenizer(completion(serialize(compute_edits(source, target)), target), add_special_tokens=False).input_ids
+    for token in ids + [tokenizer.eos_token_id]:
+        if not constraint.mask(grammar.table.size)[token]:
+            return False
+        constraint.advance(token)
+    return True
+
+
+def test_every_sample_pairs_gold_completion_is_allowed_token_by_token(grammar, tokenizer):
+    pairs = [(source, target) for _, source, target in triples(200)]
+    assert len(pairs) >= 50
+    for source, target in pairs:
+        assert gold_is_allowed(grammar, tokenizer, source, target, force_target=True), (source, target)
+        assert gold_is_allowed(grammar, tokenizer, source, target, force_target=False), (source, target)
+
+
+def test_every_moral_stories_pairs_gold_completion_is_allowed(grammar, tokenizer):
+    rows = [json.loads(line) for name in ("train.jsonl", "dev.jsonl")
+            for line in shared_file("moral_stories", name).read_text().splitlines()]
+    for r in rows:
+        assert gold_is_allowed(grammar, tokenizer, r["immoral_action"], r["moral_action"], True), r["ID"]
+
+
+def walk(grammar, tokenizer, source: str, force_target: bool, rng: random.Random, steps: int = 400,
+         budget: bool = False, favour: float = 0.3) -> str | None:
+    """A random completion through the allowed tokens, special tokens favoured so that free text ends; with
+    ``budget`` the constraint is told how many of the ``steps`` are left (as decoding does), and forced text is
+    written in long tokens, as a model does (not byte by byte)."""
+    constraint = ChainConstraint(grammar.table, source, force_target)
+    ids = []
+    special = set(grammar.table.special.values()) | {tokenizer.eos_token_id}
+    for step in range(steps):
+        allowed = constraint.mask(grammar.table.size, steps - step if budget else None).nonzero().squeeze(-1).tolist()
+        ends = [t for t in allowed if t in special]
+        token = rng.choice(ends) if ends and rng.random() < favour else rng.choice(allowed)
+        if budget and len(allowed) < 100 and token not in special:  # forced text: its longest token
+            token = max(allowed, key=lambda t: len(grammar.table.bytes_of[t] or b""))
+        constraint.advance(token)
+        if token == tokenizer.eos_token_id:
+            return completion_text(tokenizer, ids)
+        ids.append(token)
+    return None
+
+
+@pytest.mark.parametrize("force_target", [True, False])
+def test_whatever_the_constraint_allows_is_a_chain_that_applies_and_changes_the_source(grammar, tokenizer, force_target):
+    rng = random.Random(0)
+    sources = [s for _, s, _ in triples(12)] + ["Go.", "a a a a", "He said  twice\n\nand left. "]
+    finished = 0
+    for source in sources:
+        for _ in range(4):
+            text = walk(grammar, tokenizer, source, force_target, rng)
+            if text is None:
+                continue
+            finished += 1
+            verdict = check_completion(source, text)
+            assert verdict.applies and verdict.valid, (source, text, verdict.reason)
+            assert verdict.consistent or not force_target, (source, text)
+    assert finished >= 40
+
+
+@pytest.mark.parametrize("force_target", [True, False])
+def test_told_the_tokens_left_a_row_closes_its_chain_in_time(grammar, tokenizer, force_target):
+    """A walk that rarely ends free text by itself, with a budget of 60 tokens: every row still writes a target
+    (forced: the whole of it) and ends with a valid chain; without the budget some are cut before they end."""
+    rng = random.Random(1)
+    sources = [s for _, s, _ in triples(10)]
+    with_budget = [walk(grammar, tokenizer, s, force_target, rng, steps=60, budget=True, favour=0.02) for s in sources]
+    without = [walk(grammar, tokenizer, s, force_target, rng, steps=60, favour=0.02) for s in sources]
+    assert all(text is not None for text in with_budget)
+    for source, text in zip(sources, with_budget):
+        verdict = check_completion(source, text)
+        assert verdict.valid and (verdict.consistent or not force_target), (source, text)
+    assert any(text is None for text in without)
+
+
+def test_positions_go_forward_removed_text_is_the_sources_and_no_op_chains_cannot_end(grammar, tokenizer):
+    table = grammar.table
+    constraint = ChainConstraint(table, "Tom shoves people out of the line.")
+    width = table.size
+    constraint.feed_text("<|del|> 3 out of")
+    allowed = constraint.mask(width)
+    assert allowed[table.special[TGT]] and allowed[tokenizer.convert_tokens_to_ids("Ġthe")]
+    assert not allowed[tokenizer.convert_tokens_to_ids("Ġline")]  # "out of line" is not the source's text
+    constraint.feed_text(" <|ins|>")
+    allowed = constraint.mask(width)
+    assert allowed[tokenizer.convert_tokens_to_ids("Ġ")]
+    constraint.feed_text(" ")
+    digits = {d: tokenizer.convert_tokens_to_ids(d) for d in "0123456789"}
+    allowed = constraint.mask(width)
+    assert [d for d, i in digits.items() if allowed[i]] == ["5", "6", "7"]  # ins at 5..7 only (7 words)
+    with pytest.raises(ValueError, match="does not continue"):
+        ChainConstraint(table, "Tom shoves people.").feed_text("<|del|> 1 pushes")
+
+    same = ChainConstraint(table, "a b")
+    same.feed_text("<|rep|> 0 a <|with|> a")
+    assert not same.mask(width)[table.special[TGT]]  # replacing a with a changes nothing: no target yet
+    same.feed_text(" <|del|> 1 b")
+    assert same.mask(width)[table.special[TGT]]
+    forced = ChainConstraint(table, "a b", force_target=True, prefix="<|rep|> 0 a <|with|> c")
+    forced.feed_text(TGT)
+    assert forced.mask(width).nonzero().squeeze(-1).tolist() == table.prefix_tokens(b"c b")
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer, tmp_path_factory):
+    from secondthought.models import build_base_model
+
+    return Policy.load(build_base_model("tiny-llama", tokenizer, tmp_path_factory.mktemp("constrained") / "m"))
+
+
+def test_a_model_decoded_under_the_constraint_writes_only_allowed_tokens(tiny, tokenizer):
+    rows = triples(6)
+    prompts = [tokenizer(prompt(c, s), add_special_tokens=False).input_ids for c, s, _ in rows]
+    sources = [s for _, s, _ in rows]
+    params = SamplingParams(max_new_tokens=24, temperature=1.0, batch_size=4)
+    free = tiny.complete(prompts, sources, params, seed=1)
+    constrained = tiny.complete(prompts, sources, params, seed=1, constrain=Constrain())
+    assert not any(o.verdict.parses for o in free)  # an untrained model writes no chain by itself
+    for source, ids in zip(sources, tiny.sample(prompts, params, seed=1, constraints=tiny.constraints(sources, Constrain()))):
+        check = tiny.constraints([source], Constrain())[0]
+        for token in ids:
+            assert check.mask(tiny.grammar.table.size)[token]
+            check.advance(token)
+    assert all(o.text.startswith(("<|ins|>", "<|del|>", "<|rep|>")) for o in constrained)
+
+
+def test_constrained_greedy_keeps_a_valid_chain_the_model_writes_and_continues_a_corrected_prefix(memorized,
+                                                                                                    tokenizer):
+    policy = Policy.load(memorized)
+    context, source, target = triples(1)[0]
+    ids = [tokenizer(prompt(context, source), add_special_tokens=False).input_ids]
+    params = SamplingParams(max_new_tokens=80, temperature=0)
+    free = policy.complete(ids, [source], params)[0]
+    for force in (False, True):
+        out = policy.complete(ids, [source], params, constrain=Constrain(force_target=force))[0]
+        assert out.text == free.text and out.verdict.consistent
+    prefix = serialize(compute_edits(source, target.replace(*CORRECTION))).split(" <|")[0]
+    ids = [tokenizer(prompt(context, source) + prefix, add_special_tokens=False).input_ids]
+    constraints = policy.constraints([source], Constrain(force_target=True), [prefix])
+    written = completion_text(tokenizer, policy.sample(ids, params, constraints=constraints)[0])
+    assert check_completion(source, prefix + written).consistent
+    assert target.replace(*CORRECTION) == (prefix + written).split(TGT)[1]
+
+
+def test_served_answers_apply_under_the_default_constrained_decoding_where_free_ones_do_not(memorized):
+    """The memorized model writes its chain for any similar text: with a word put in front, its free chain points
+    at the wrong words; the server's default (constrained, target forced) answers a chain that applies."""
+    from secondthought.api import RealignRequest
+    from secondthought.config import ServeConfig
+    from secondthought.engine import Engine
+    from secondthought.realign import realign_job
+
+    context, source, _ = triples(1)[0]
+    request = RealignRequest(context=context, text="Today " + source)
+    answers = {}
+    for decoding in ("free", "constrained"):
+        cfg = ServeConfig(model=str(memorized), decoding=decoding)
+        answers[decoding] = Engine(cfg).realign([realign_job(request, cfg, writes_chains=True)])[0]
+    assert not answers["free"]["applies"] and answers["free"]["result"] is None
+    constrained = answers["constrained"]
+    assert constrained["applies"] and constrained["valid"] and constrained["consistent"]
+    assert constrained["result"] == constrained["target"] != request.text
+    assert ServeConfig().decoding == "constrained" and ServeConfig().force_target
