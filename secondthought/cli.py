@@ -26,6 +26,7 @@ from secondthought.config import (
     ConfigError,
     DataConfig,
     EvalConfig,
+    HumanEvalConfig,
     PrepareConfig,
     RayConfig,
     RLConfig,
@@ -39,7 +40,7 @@ from secondthought.runtime import interrupt_on_sigterm, loopback_only
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 SECTIONS = {"data": DataConfig, "prepare": PrepareConfig, "sft": SFTConfig, "rl": RLConfig, "eval": EvalConfig,
-            "transfer": TransferConfig, "ray": RayConfig}
+            "transfer": TransferConfig, "humaneval": HumanEvalConfig, "ray": RayConfig}
 
 PREPARED = ("--prepared", dict(required=True, help="output directory of `secondthought prepare`"))
 OUT = ("--out", dict(required=True, help="output directory"))
@@ -156,6 +157,24 @@ def _submit(args: Namespace, s: dict) -> int:
         return 130
     say(f"{submission_id}: {status}")
     return submit.EXIT.get(status, 1)
+
+
+def _humaneval(args: Namespace, s: dict) -> None:
+    from secondthought import humaneval
+
+    if args.action == "export":
+        if not args.report:
+            raise ConfigError("humaneval export needs --report (an evaluation's output directory)")
+        done = humaneval.export(args.report, args.out, s["humaneval"])
+        say(f"wrote {done['items']} items of {len(done['systems'])} systems: {done['sheet']} and {done['form']} "
+            f"(for the raters), {done['key']} (the key: keep it from the raters)")
+        return
+    if not args.export or not args.sheets:
+        raise ConfigError("humaneval import needs --export (the exported folder, for its key) and --sheets "
+                          "(the raters' filled sheets)")
+    humaneval.import_sheets(args.export, args.sheets, args.out, s["humaneval"])
+    say((Path(args.out) / "humaneval.md").read_text())
+    say(f"wrote {args.out}/humaneval.json, humaneval.md")
 
 
 def _edits(args: Namespace, s: dict) -> None:
@@ -284,6 +303,23 @@ COMMANDS = {
          ("job", dict(nargs="*", help="-- STAGE ARGS... (e.g. -- sft --config jobs/sft.yaml --prepared /shared/p "
                                       "--out /shared/s), or status ID, logs ID, stop ID, list"))),
         _submit),
+    "humaneval": Command(
+        "blind rating sheets from an evaluation, and the raters' sheets read back",
+        "Human evaluation (the paper's 1-7 ratings). `secondthought humaneval export --report EVAL_DIR --out DIR` "
+        "writes DIR/sheet.csv and DIR/form.html (an offline form that saves the filled sheet as NAME.csv): every "
+        "test item with the texts of the report's systems, hidden and shuffled per item, to rate 1-7 for alignment "
+        "with the norm and for fluency (and with --humaneval.ab A B, which of two systems aligns better), and "
+        "DIR/key.json, which option is which system (keep it from the raters). `secondthought humaneval import "
+        "--export DIR --sheets a.csv b.csv --out RESULT` reads the filled sheets (a rater per file) and writes each "
+        "system's mean ratings with 95% bootstrap intervals, Krippendorff's alpha per question and the A/B "
+        "preference to RESULT/humaneval.md and humaneval.json.",
+        ("humaneval",),
+        (("action", dict(choices=["export", "import"], help="export sheets, or import filled ones")),
+         ("--report", dict(default=None, help="export: an evaluation's output directory (e.g. runs/demo/eval)")),
+         ("--export", dict(default=None, help="import: the folder export wrote (its key.json)")),
+         ("--sheets", dict(nargs="+", default=None, help="import: the raters' filled sheets, one CSV per rater")),
+         OUT),
+        _humaneval),
     "edits": Command(
         "show the chain of edits between two texts",
         "Show the chain of edits from SOURCE to TARGET: serialized and in plain English.",

@@ -410,6 +410,32 @@ class TransferConfig:
 
 
 @dataclass
+class HumanEvalConfig:
+    """The human-evaluation kit: which outputs go on the rating sheets, and how ratings are summed up."""
+
+    items: Optional[int] = None
+    """Test items on the sheets (the evaluation's first ones; default: all)."""
+    systems: Optional[list[str]] = None
+    """Systems whose texts are rated (default: every system of the report, copy and reference included)."""
+    ab: Optional[list[str]] = None
+    """Two systems to compare head to head: each item also asks which of their two texts aligns better."""
+    seed: int = 0
+    """Shuffles the options of each item (the key file records the order)."""
+    bootstrap: int = 1000
+    """Bootstrap resamples (over items) for the 95% intervals of the imported ratings."""
+
+    def __post_init__(self) -> None:
+        if self.items is not None and self.items < 1:
+            raise ConfigError(f"--humaneval.items must be at least 1, got {self.items}")
+        if self.ab is not None and (len(self.ab) != 2 or self.ab[0] == self.ab[1]):
+            raise ConfigError(f"--humaneval.ab names two different systems, got {self.ab}")
+        if self.systems is not None and not self.systems:
+            raise ConfigError("--humaneval.systems names no system")
+        if self.bootstrap < 1:
+            raise ConfigError(f"--humaneval.bootstrap must be at least 1, got {self.bootstrap}")
+
+
+@dataclass
 class RayConfig:
     """Where the Ray stages run."""
 

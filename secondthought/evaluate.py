@@ -36,10 +36,13 @@ from secondthought.judge import Judge, JudgeSpec, Labelled, cached
 from secondthought.models import resolve_precision
 from secondthought.runs import REPORT, PreparedDir, ReportDir, claim, model_folder, read_model_info, write_json
 from secondthought.runtime import ray_session
+from secondthought.stats import bootstrap
 from secondthought.tracking import ProgressLine, figure
 
 NON_MODELS = ("copy", "reference")
 CONSTRAINED = "(constrained)"
+ROW_FIELDS = ("id", "context", "source", "target")
+"""What each line of completions.jsonl holds beside every model's raw completion."""
 
 
 @dataclass
@@ -129,19 +132,6 @@ def perplexities(name: str, base_dir: str, contexts: list[str], texts: list[str]
                    tokenizer.pad_token_id, batch_size, done=line.update)
     line.close()
     return np.asarray(nll)
-
-
-def bootstrap(values: np.ndarray, statistic=np.mean, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """The statistic and its 95% percentile-bootstrap interval over rows (scipy.stats.bootstrap)."""
-    from scipy.stats import bootstrap as scipy_bootstrap
-
-    values = np.asarray(values)
-    point = float(statistic(values))
-    if len(values) < 2 or np.all(values == values[0]):
-        return point, point, point
-    result = scipy_bootstrap((values,), statistic, n_resamples=resamples, method="percentile",
-                             random_state=np.random.default_rng(seed), vectorized=False)
-    return point, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def corpus_bleu_of(hypotheses: list[str], references: list[str], resamples: int, seed: int) -> tuple:
@@ -287,10 +277,10 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
     """Evaluate ``systems`` (name -> model folder; "copy" and "reference" are built in) into ``out``."""
     prepared = PreparedDir.open(prepared)
     out = ReportDir(Path(out).expanduser().resolve())
-    shadowing = sorted(set(systems) & set(NON_MODELS))
+    shadowing = sorted(set(systems) & set(NON_MODELS + ROW_FIELDS))
     if shadowing:
-        raise ConfigError(f"--models: {', '.join(map(repr, shadowing))} names a built-in system ({', '.join(NON_MODELS)});"
-                          " give the model another name")
+        raise ConfigError(f"--models: {', '.join(map(repr, shadowing))} names a built-in system or a field of "
+                          f"completions.jsonl ({', '.join(NON_MODELS + ROW_FIELDS)}); give the model another name")
     systems = {name: str(model_folder(folder, f"--models {name!r}:")) for name, folder in systems.items()}
     base_model = model_folder(base_model, "--base")
     test = _triples(prepared, cfg.split)
@@ -354,7 +344,8 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
                  "outputs": {name: texts[name][k] for name in texts if name != "copy"}}
                 for k, r in enumerate(test[: cfg.examples])]
     out.completions.write_text("".join(
-        json.dumps({"id": r.id, **{name: outputs[name][k].text for name in outputs}}) + "\n"
+        json.dumps({"id": r.id, "context": r.context, "source": r.source, "target": r.target,
+                    **{name: outputs[name][k].text for name in outputs}}) + "\n"
         for k, r in enumerate(test)))
     out.markdown.write_text(markdown(report, examples) + "\n")
     plot(report, out.plot)

@@ -139,6 +139,7 @@ def test_eval_decodes_each_model_in_parts_over_the_cpus_and_keeps_every_row_in_o
     written = [json.loads(line) for line in (tmp_path / "eval" / "completions.jsonl").read_text().splitlines()]
     assert report["test_rows"] == len(rows) == 12 and report["precision"] == "fp32"
     assert [w["id"] for w in written] == [r.id for r in rows]
+    assert [(w["context"], w["source"], w["target"]) for w in written] == [(r.context, r.source, r.target) for r in rows]
     assert [w["memorized"] for w in written] == [o.text for o in expected]
 
     # the default decoding is both: the chain-writing model is listed again, decoded constrained to each source

@@ -22,7 +22,8 @@ def test_pipeline_runs_every_stage_once(ray_local, tmp_path, capsys):
     assert summary["model"] in text and "loss.png" in text and "rl.png" in text and "report.md" in text
 
     report = json.loads((out / "eval" / "report.json").read_text())
-    assert [s["system"] for s in report["systems"]] == ["copy", "reference", "sft-targets-only", "sft-edits", "sft-rl"]
+    assert [s["system"] for s in report["systems"]] == ["copy", "reference", "sft-targets-only", "sft-edits",
+                                                        "sft-edits (constrained)", "sft-rl", "sft-rl (constrained)"]
     # the targets-only baseline trains once on each training triple, the edits model on each distinct chain
     rows = pads.dataset(out / "prepared" / "data" / "train").to_table(columns=["id", "direction"]).to_pylist()
     forward = [r["id"] for r in rows if r["direction"] == "forward"]
