@@ -273,6 +273,10 @@ class RLConfig(EngineConfig):
     """Discriminator updates per iteration."""
     disc_clip: float = 5.0
     """Discriminator log-odds are clipped to [-disc_clip, disc_clip] in the reward."""
+    disc_warmup_epochs: int = 2
+    """Before the first iteration, passes of the discriminator over the prompts' gold chains against their
+    reversed chains (0: none), so that its reward tells them apart from the start. A tenth of the prompts is
+    never trained on: the discriminator's accuracy on them is logged before and after, and every iteration."""
     validity_weight: float = 1.0
     """Weight of the edit-validity term (+1 valid and consistent, 0 applies but inconsistent, -1 broken or
     changing nothing)."""
@@ -298,6 +302,8 @@ class RLConfig(EngineConfig):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--rl.{name} must be at least 1, got {getattr(self, name)}")
         # temperature 0 would be greedy decoding, whose log-probabilities (PPO ratios, KL) are not defined
+        if self.disc_warmup_epochs < 0:
+            raise ConfigError(f"--rl.disc_warmup_epochs must not be negative, got {self.disc_warmup_epochs}")
         for name in ("lr", "disc_lr", "clip", "disc_clip", "temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--rl.{name} must be positive, got {getattr(self, name)}")

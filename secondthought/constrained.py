@@ -299,7 +299,7 @@ class ChainConstraint:
     def reserve(self, items: list) -> int:
         """Tokens kept to close the chain and write the target: a few for <|tgt|> (after a replace's <|with|> and
         a word) and EOS, and the target's length (the chain's result so far, at about 4 bytes a token as in English
-        prose; forced or written by the model, a target cut short is not consistent)."""
+        prose, counted as 3 to be safe; forced or written by the model, a target cut short is not consistent)."""
         longest = 0
         for item in items:
             chain = getattr(item, "chain", ())
@@ -309,7 +309,7 @@ class ChainConstraint:
             if isinstance(item, _Free) and item.edit is not None:
                 size += len(item.content) - len(item.edit.old.encode())
             longest = max(longest, size)
-        return 8 + longest // 4
+        return 8 + longest // 3
 
     def feed_text(self, text: str) -> None:
         """Advance by a piece of completion text (special tokens spelled out), e.g. a corrected prefix of edits."""

@@ -144,19 +144,29 @@ class Discriminator:
     def logodds(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         return self.classifier.logits(pairs)
 
+    def accuracy(self, gold: list[tuple[str, str]], negatives: list[tuple[str, str]]) -> float:
+        """Share of pairs on their side of 0: gold above, negatives below."""
+        signed = np.concatenate([self.classifier.logits(gold), -self.classifier.logits(negatives)])
+        return float((signed > 0).mean())
+
     def update(self, gold: list[tuple[str, str]], negatives: list[tuple[str, str]], steps: int, seed: int,
-               iteration: int) -> dict:
+               iteration: int, batch_size: int = 0) -> dict:
+        """``steps`` passes over the pairs, in one batch (``batch_size`` 0) or batches of that size."""
         import torch
 
         _maybe_fail(self.fault, iteration)
         torch.manual_seed(seed)  # dropout: the same update after a restore from a checkpoint
         rng = np.random.default_rng(seed)
         pairs, labels = gold + negatives, [1.0] * len(gold) + [0.0] * len(negatives)
+        size = batch_size or len(pairs)
         stats = defaultdict(list)
         for _ in range(steps):
             order = rng.permutation(len(pairs))
-            for name, value in self.classifier.train_step([pairs[i] for i in order], [labels[i] for i in order]).items():
-                stats[name].append(value)
+            for start in range(0, len(pairs), size):
+                batch = order[start : start + size]
+                for name, value in self.classifier.train_step([pairs[i] for i in batch],
+                                                              [labels[i] for i in batch]).items():
+                    stats[name].append(value)
         return {f"disc_{name}": float(np.mean(values)) for name, values in stats.items()}
 
     def save(self, folder: str) -> None:

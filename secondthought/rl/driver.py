@@ -57,6 +57,10 @@ class RLRun:
         self.policy, self.cfg, self.run_dir = policy, cfg, run
         self.tokenizer = AutoTokenizer.from_pretrained(policy)
         self.prompts: Prompts = load_prompts(prepared)
+        # every tenth prompt: the discriminator never learns from its gold and reversed chains (its accuracy there
+        # is logged); a prompt table too small for a tenth has none
+        self.disc_held_out = list(range(0, len(self.prompts), 10)) if len(self.prompts) >= 10 else []
+        self.warmup: dict | None = None
         self.reward_fn = None if cfg.reward in ("adversarial", "validity") else load_reward_function(cfg.reward)
         self.placement, self.weights, self.version = None, None, None
         self.nodes: dict[str, list[str]] = {}
@@ -140,6 +144,7 @@ class RLRun:
         parts = {"validity": float(valid.mean()), "consistent_rate": float((valid == 1).mean())}
         if self.discriminator is not None:
             logodds = self.discriminator.run("logodds", [completion_pair(i) for i in items])[0]
+            parts["disc_policy_accuracy"] = float((logodds < 0).mean())  # new samples, before it learns from them
             logodds = np.clip(logodds, -cfg.disc_clip, cfg.disc_clip)
             scores = scores + logodds
             parts["disc_logodds"] = float(logodds.mean())
@@ -165,21 +170,48 @@ class RLRun:
         stats = self.learners.run_sliced("train", samples, self.cfg.seed + iteration, iteration)
         return {k: float(np.mean([m[k] for m in stats])) for k in stats[0]}
 
-    def update_discriminator(self, iteration: int, rows: list[int], items: list[Scored]) -> dict:
-        """6. Gold chains against half policy samples, half aligned -> unaligned chains (GAIL-style)."""
-        if self.discriminator is None:
-            return {}
+    def gold_and_reversed(self, rows: list[int]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The discriminator's pairs of ``rows``: gold chains, and reversed (aligned -> unaligned) ones."""
         p = self.prompts
         gold = [discriminator_pair(p.context[i], p.source[i], p.chain[i], p.target[i]) for i in rows]
-        reverse = [p.reverse[p.ids[i]] for i in rows if p.ids[i] in p.reverse]
+        return gold, [reverse_negative(*p.reverse[p.ids[i]]) for i in rows if p.ids[i] in p.reverse]
+
+    def warm_start(self) -> dict:
+        """0. Before the first iteration: the discriminator learns gold from reversed chains (never on the
+        held-out tenth), so that its first rewards already tell edits towards the norm from edits away from it."""
+        cfg = self.cfg
+        held = set(self.disc_held_out)
+        gold, reversed_ = self.gold_and_reversed([i for i in range(len(self.prompts)) if i not in held])
+        held_gold, held_reversed = self.gold_and_reversed(self.disc_held_out)
+        check = (lambda: self.discriminator.run("accuracy", held_gold, held_reversed)[0]) if held_reversed else None
+        before = check() if check else None
+        stats = self.discriminator.run("update", gold, reversed_, cfg.disc_warmup_epochs, cfg.seed, 0,
+                                       2 * cfg.prompts_per_iteration)[0]  # batches the size of an iteration's
+        done = {"epochs": cfg.disc_warmup_epochs, "pairs": len(gold) + len(reversed_), "held_out_pairs":
+                len(held_gold) + len(held_reversed), "accuracy_before": before, "accuracy_after": check() if check
+                else None, "train_accuracy": stats.get("disc_accuracy")}
+        console.say(f"[rl] discriminator warm start: {done['pairs']} pairs, {done['epochs']} epochs; accuracy on "
+                    f"{done['held_out_pairs']} held-out pairs {before if before is None else round(before, 3)} -> "
+                    f"{done['accuracy_after'] if before is None else round(done['accuracy_after'], 3)}")
+        return done
+
+    def update_discriminator(self, iteration: int, rows: list[int], items: list[Scored]) -> dict:
+        """6. Gold chains against half policy samples, half aligned -> unaligned chains (GAIL-style); first its
+        accuracy on the held-out pairs it never learns from."""
+        if self.discriminator is None:
+            return {}
+        held_gold, held_reversed = self.gold_and_reversed(self.disc_held_out)
+        checked = ({"disc_heldout_accuracy": self.discriminator.run("accuracy", held_gold, held_reversed)[0]}
+                   if held_reversed else {})
+        gold, reverse = self.gold_and_reversed([i for i in rows if i not in set(self.disc_held_out)])
         policy = [completion_pair(item) for item in items]
         if reverse:
             half = len(gold) // 2
-            negatives = policy[:half] + [reverse_negative(*r) for r in reverse[: len(gold) - half]]
+            negatives = policy[:half] + reverse[: len(gold) - half]
         else:
             negatives = policy
-        return self.discriminator.run("update", gold, negatives, self.cfg.disc_steps, self.cfg.seed + iteration,
-                                       iteration)[0]
+        return checked | self.discriminator.run("update", gold, negatives, self.cfg.disc_steps,
+                                                self.cfg.seed + iteration, iteration)[0]
 
     def sync(self, version: int) -> float:
         """7. The learners' weights to every rollout worker as version ``version``; returns seconds."""
@@ -258,6 +290,8 @@ class RLRun:
         state = self.restore(checkpoint) if checkpoint else LoopState(kl_coef=cfg.kl_coef)
         if checkpoint:
             console.say(f"[rl] resumed at iteration {state.iteration} from {checkpoint}")
+        elif self.discriminator is not None and cfg.disc_warmup_epochs:
+            self.warmup = self.warm_start()                                                    # 0
         self.sync(state.iteration)
         tracker = Tracker(cfg, self.run_dir.path, 0, cfg.iterations, state.iteration, unit="iteration")
         try:
@@ -308,6 +342,8 @@ def run_rl(prepared: str | Path, policy: str | Path, cfg: RLConfig, ray_cfg: Ray
         "mean_rollout_tokens_per_s": float(np.mean([r["rollout_tokens_per_s"] for r in rows.values()])),
         "seconds": round(time.time() - started, 1), "plot": str(run_dir.path / "rl.png"),
         "tensorboard": str(run_dir.path / "tensorboard"), "nodes": run.nodes,
+        "discriminator": {"warm_start": run.warmup, **{k: last[k] for k in ("disc_heldout_accuracy",
+                                                                            "disc_policy_accuracy") if k in last}},
     }
     run_dir.write_summary(summary)  # last: marks the run done
     return summary
