@@ -9,7 +9,8 @@ The grammar of a completion (``formatting``, ``edits.serialize``) with the sourc
 where a position p is at least where the previous edit ended (an insert up to len(U), a delete or replace
 below it), the removed text is the source's own units there (forced, not sampled), new text is free text that
 starts with whitespace and holds no marker, at least one edit comes before ``<|tgt|>`` and the chain must
-change the source. With ``force_target`` the target is forced to ``apply(source, chain)``, else free text.
+change the source. With ``force_target`` the target is forced to ``apply(source, chain)`` as the tokenizer spells
+it (the training text's tokens), else free text.
 
 Why not a grammar library (xgrammar, outlines): they compile a grammar before decoding, but here the grammar
 depends on what the row has written so far (the cursor, and the forced target depends on the free text of the
@@ -93,7 +94,7 @@ class TokenTable:
         ids = tokenizer.convert_tokens_to_ids
         self.special = {name: ids(name) for name in (INS, DEL, REP, WITH, TGT)}
         self.eos = tokenizer.eos_token_id
-        self.marker_of = {i: name for name, i in self.special.items()}
+        self.encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids
         regular = [b is not None for b in self.bytes_of]
         self._free = torch.tensor([r and b"<|" not in b for r, b in zip(regular, self.bytes_of)])
         self._spaced = self._free & torch.tensor([bool(b) and b[:1].isspace() for b in self.bytes_of])
@@ -148,6 +149,14 @@ class _Free:
 
 
 @dataclass(frozen=True)
+class _Tokens:
+    """A forced target: these token ids (the tokenizer's own spelling of it, as in training), then the end."""
+
+    ids: tuple[int, ...]
+    chain: tuple[Edit, ...] = ()
+
+
+@dataclass(frozen=True)
 class _End:
     """Only the end-of-sequence token."""
 
@@ -161,8 +170,8 @@ class ChainConstraint:
     def __init__(self, table: TokenTable, source: str, force_target: bool = False, prefix: str = ""):
         self.table, self.source, self.force_target = table, source, force_target
         self.units = split_units(source)
-        self._result_bytes: dict[tuple[Edit, ...], int] = {}
-        self.items: list = self._markers((), first=True)
+        self._result_tokens: dict[tuple[Edit, ...], int] = {}
+        self.items: list = self._markers(())
         if prefix:
             self.feed_text(prefix)
 
@@ -173,7 +182,7 @@ class ChainConstraint:
         last = chain[-1]
         return last.pos + count_units(last.old)
 
-    def _markers(self, chain: tuple[Edit, ...], first: bool = False) -> list:
+    def _markers(self, chain: tuple[Edit, ...]) -> list:
         special = self.table.special
         items = [_Special(special[INS], lambda: self._positions(chain, "ins"), chain, opens=True)]
         if self._cursor(chain) < len(self.units):
@@ -216,8 +225,8 @@ class ChainConstraint:
     def _target(self, chain: tuple[Edit, ...]) -> list:
         if not self.force_target:
             return [_Free(chain, None)]
-        text = EditChain(chain).apply(self.source).encode()
-        return [_Lit(text, lambda: [_End()], chain)] if text else [_End()]
+        ids = tuple(self.table.encode(EditChain(chain).apply(self.source)))
+        return [_Tokens(ids, chain)] if ids else [_End()]
 
     def _finished(self, item: _Free, separator: bool) -> Optional[tuple[Edit, ...]]:
         """The chain with the free text as the edit's new text (less the space before a next marker), or None
@@ -276,18 +285,20 @@ class ChainConstraint:
 
     def _feed(self, token: int) -> list:
         data = self.table.bytes_of[token] if token < self.table.size else None
-        if data is None:
-            return [out for item in self.items for out in self._feed_special(item, token)]
-        return [out for item in self.items for out in self._feed_bytes(item, data)]
-
-    def allowed(self, token: int) -> bool:
-        if token == self.table.eos:
-            return any(isinstance(i, _End) or (isinstance(i, _Free) and i.edit is None) for i in self.items)
-        return bool(self._feed(token))
+        out = []
+        for item in self.items:
+            if isinstance(item, _Tokens):
+                if item.ids[0] == token:
+                    out += [_Tokens(item.ids[1:], item.chain)] if len(item.ids) > 1 else [_End()]
+            elif data is None:
+                out += self._feed_special(item, token)
+            else:
+                out += self._feed_bytes(item, data)
+        return out
 
     def advance(self, token: int) -> None:
         if token == self.table.eos:
-            if not self.allowed(token):
+            if not any(isinstance(i, _End) or (isinstance(i, _Free) and i.edit is None) for i in self.items):
                 raise ValueError("end of sequence written where the chain's grammar does not allow it")
             self.items = []
             return
@@ -298,18 +309,18 @@ class ChainConstraint:
 
     def reserve(self, items: list) -> int:
         """Tokens kept to close the chain and write the target: a few for <|tgt|> (after a replace's <|with|> and
-        a word) and EOS, and the target's length (the chain's result so far, at about 4 bytes a token as in English
-        prose, counted as 3 to be safe; forced or written by the model, a target cut short is not consistent)."""
+        a word) and EOS, and the target's length: the tokens of the chain's result so far, and of free text not
+        yet in it at 3 bytes a token (forced or written by the model, a target cut short is not consistent)."""
         longest = 0
         for item in items:
             chain = getattr(item, "chain", ())
-            if chain not in self._result_bytes:
-                self._result_bytes[chain] = len(EditChain(chain).apply(self.source).encode())
-            size = self._result_bytes[chain]
+            if chain not in self._result_tokens:
+                self._result_tokens[chain] = len(self.table.encode(EditChain(chain).apply(self.source)))
+            size = self._result_tokens[chain]
             if isinstance(item, _Free) and item.edit is not None:
-                size += len(item.content) - len(item.edit.old.encode())
+                size += (len(item.content) - len(item.edit.old.encode())) // 3
             longest = max(longest, size)
-        return 8 + longest // 3
+        return 8 + longest
 
     def feed_text(self, text: str) -> None:
         """Advance by a piece of completion text (special tokens spelled out), e.g. a corrected prefix of edits."""
@@ -351,6 +362,8 @@ class ChainConstraint:
                 ids.append(item.token)
             elif isinstance(item, _End):
                 ids.append(table.eos)
+            elif isinstance(item, _Tokens):
+                ids.append(item.ids[0])
             else:
                 kind = ("spaced" if not item.content and item.edit is not None
                         else "no_pipe" if item.content.endswith(b"<") else "any")

@@ -125,7 +125,8 @@ def test_positions_go_forward_removed_text_is_the_sources_and_no_op_chains_canno
     assert same.mask(width)[table.special[TGT]]
     forced = ChainConstraint(table, "a b", force_target=True, prefix="<|rep|> 0 a <|with|> c")
     forced.feed_text(TGT)
-    assert forced.mask(width).nonzero().squeeze(-1).tolist() == table.prefix_tokens(b"c b")
+    # a forced target is written as the tokenizer spells it (as in training), one token at a time
+    assert forced.mask(width).nonzero().squeeze(-1).tolist() == tokenizer("c b", add_special_tokens=False).input_ids[:1]
 
 
 @pytest.fixture(scope="module")
