@@ -78,7 +78,8 @@ def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: R
         "plots": [stages["sft"]["loss_plot"], stages["rl"]["plot"], str(judged.plot)],
         "report": str(judged.markdown),
         "judge_accuracy": stages["eval"]["judge"]["held_out_accuracy"],
-        "results": {s["system"]: {k: s["metrics"][k][0] for k in ("alignment", "bleu")} for s in stages["eval"]["systems"]},
+        "results": {s["system"]: {k: (s["metrics"][k][0] if s["metrics"].get(k) else None)
+                                  for k in ("alignment", "bleu", "validity")} for s in stages["eval"]["systems"]},
         "quarantine": str(prepared.quarantine),
     }
     write_json(out / PIPELINE, summary)
@@ -101,6 +102,7 @@ def refuse_changed(before: dict, now: dict, out: Path) -> None:
 
 def describe(summary: dict) -> str:
     rows = summary["rows"]
+    width = max(map(len, summary["results"]), default=0)
     return "\n".join([
         f"SecondThought run finished in {summary['seconds']:.0f}s: {summary['run_dir']}",
         f"  data:   {rows['rows_out']} of {rows['rows_in']} rows used ({rows['rows_quarantined']} quarantined, "
@@ -108,6 +110,8 @@ def describe(summary: dict) -> str:
         f"  sft:    {summary['sft_model']} (best eval loss {summary['best_eval_loss']:.4f})",
         f"  rl:     {summary['model']} (reward {summary['rl_score'][0]:.3f} -> {summary['rl_score'][1]:.3f})",
         f"  report: {summary['report']} (judge held-out accuracy {summary['judge_accuracy']:.3f})",
-        *(f"          {name:17s} alignment {r['alignment']:.3f}  BLEU {r['bleu']:.1f}" for name, r in summary["results"].items()),
+        *(f"          {name:{width}s} alignment {r['alignment']:.3f}  BLEU {r['bleu']:.1f}"
+          + (f"  validity {r['validity']:.2f}" if r.get("validity") is not None else "")
+          for name, r in summary["results"].items()),
         f"  plots:  {', '.join(summary['plots'])}",
     ])
