@@ -24,7 +24,7 @@ def test_transfer_adapts_with_k_examples_and_evaluates_each(dataset, ray_local, 
     evaluation = EvalConfig(judge="tiny-bert", max_rows=16, max_new_tokens=12, bootstrap=50)
     out = tmp_path / "transfer"
     result = run_transfer(model, data, cfg, evaluation, RayConfig(), out)
-    assert set(result["results"]) == {"copy", "reference", "k=0", "k=8"}
+    assert set(result["results"]) == {"copy", "reference", "k=0", "k=8", "k=0 (constrained)", "k=8 (constrained)"}
     assert result["dataset"] == dataset and result["rows"] > rows
     summary = json.loads((out / "k8" / "summary.json").read_text())
     assert summary["train_chains"] == 8 and summary["steps"] == 2 * 8 // 4
