@@ -96,10 +96,10 @@ def export(report_dir: str | Path, out: str | Path, cfg: HumanEvalConfig) -> dic
     unknown = [s for s in [*systems, *(cfg.ab or [])] if s not in known]
     if unknown:
         raise ConfigError(f"--humaneval.systems / --humaneval.ab: {unknown} not in the report (it has {known})")
-    if len(systems) > 26:
-        raise ConfigError(f"at most 26 systems fit on a sheet (A-Z), got {len(systems)}")
     if cfg.ab and not set(cfg.ab) <= set(systems):
         systems = systems + [s for s in cfg.ab if s not in systems]
+    if len(systems) > 26:
+        raise ConfigError(f"at most 26 systems fit on a sheet (A-Z), got {len(systems)}")
     items, key = items_of(rows, systems, cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
