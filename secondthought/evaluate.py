@@ -195,6 +195,12 @@ def system_metrics(name: str, rows: list[EvalRow], texts: list[str], verdicts: l
     return {"system": name, "metrics": metrics}
 
 
+def points(report: dict, metrics: tuple[str, ...]) -> dict[str, dict]:
+    """Each system's point estimates of ``metrics`` (None where it has none, e.g. validity of copy)."""
+    return {s["system"]: {k: (s["metrics"][k][0] if s["metrics"].get(k) else None) for k in metrics}
+            for s in report["systems"]}
+
+
 def decoding_cost(seconds: float, outputs: list[Output]) -> dict:
     """CPU (or device) seconds a model's decoding took over all its parts, and per token written."""
     tokens = sum(o.tokens for o in outputs)
@@ -208,8 +214,9 @@ def cost_lines(report: dict) -> list[str]:
         return []
     lines = ["", "Decoding cost (seconds over all parts / tokens written): " + "; ".join(
         f"{name} {c['ms_per_token']:.1f} ms a token" for name, c in cost.items())]
-    ratios = [f"{name} {c['ms_per_token'] / cost[name[: -len(CONSTRAINED) - 1]]['ms_per_token']:.2f}x"
-              for name, c in cost.items() if name.endswith(CONSTRAINED) and name[: -len(CONSTRAINED) - 1] in cost]
+    free = {name: name.removesuffix(f" {CONSTRAINED}") for name in cost if name.endswith(CONSTRAINED)}
+    ratios = [f"{name} {cost[name]['ms_per_token'] / cost[base]['ms_per_token']:.2f}x"
+              for name, base in free.items() if base in cost]
     if ratios:
         lines.append("Constrained against free decoding of the same model, per token (the models decoded side by "
                      "side on the same CPUs, so a rough figure; bench/bench_constrained.py measures it alone): "

@@ -54,7 +54,8 @@ class Item:
 
 def _texts(report_dir: Path) -> tuple[list[dict], list[str]]:
     """Each evaluated row (context, source, target, every model's raw completion) and the report's systems."""
-    report_file, completions = ReportDir(report_dir).report_file, ReportDir(report_dir).completions
+    report = ReportDir(report_dir)
+    report_file, completions = report.report_file, report.completions
     if not report_file.is_file() or not completions.is_file():
         raise ConfigError(f"--report {report_dir}: no finished evaluation there (report.json and completions.jsonl "
                           "are written by `secondthought eval`)")

@@ -30,7 +30,7 @@ from secondthought.runtime import ray_session
 
 def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: RLConfig, evaluation: EvalConfig,
                  ray_cfg: RayConfig, out: str | Path, progress: bool = True, baseline: bool = True) -> dict:
-    from secondthought.evaluate import run_eval
+    from secondthought.evaluate import points, run_eval
     from secondthought.prepare import run_prepare
     from secondthought.rl.driver import run_rl
     from secondthought.sft import run_sft
@@ -78,8 +78,7 @@ def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: R
         "plots": [stages["sft"]["loss_plot"], stages["rl"]["plot"], str(judged.plot)],
         "report": str(judged.markdown),
         "judge_accuracy": stages["eval"]["judge"]["held_out_accuracy"],
-        "results": {s["system"]: {k: (s["metrics"][k][0] if s["metrics"].get(k) else None)
-                                  for k in ("alignment", "bleu", "validity")} for s in stages["eval"]["systems"]},
+        "results": points(stages["eval"], ("alignment", "bleu", "validity")),
         "quarantine": str(prepared.quarantine),
     }
     write_json(out / PIPELINE, summary)

@@ -32,7 +32,7 @@ from secondthought.runtime import ray_session
 
 def run_transfer(model: str | Path, data: DataConfig, cfg: TransferConfig, evaluation: EvalConfig,
                  ray_cfg: RayConfig, out: str | Path, base: str | Path | None = None) -> dict:
-    from secondthought.evaluate import run_eval
+    from secondthought.evaluate import points, run_eval
     from secondthought.prepare import run_prepare
     from secondthought.sft import run_sft
 
@@ -68,8 +68,6 @@ def run_transfer(model: str | Path, data: DataConfig, cfg: TransferConfig, evalu
     result = {"dataset": data.dataset, "rows": manifest["rows_out"], "report": str(report_dir.markdown),
               "precision": {"adaptation": precision, "evaluation": report["precision"]},
               "judge_accuracy": report["judge"]["held_out_accuracy"],
-              "results": {s["system"]: {k: (s["metrics"][k][0] if s["metrics"].get(k) else None)
-                                        for k in ("alignment", "bleu", "rouge_l", "validity")}
-                          for s in report["systems"]}}
+              "results": points(report, ("alignment", "bleu", "rouge_l", "validity"))}
     write_json(out / TRANSFER, result)
     return result

@@ -203,7 +203,8 @@ class RLRun:
         held_gold, held_reversed = self.gold_and_reversed(self.disc_held_out)
         checked = ({"disc_heldout_accuracy": self.discriminator.run("accuracy", held_gold, held_reversed)[0]}
                    if held_reversed else {})
-        gold, reverse = self.gold_and_reversed([i for i in rows if i not in set(self.disc_held_out)])
+        held = set(self.disc_held_out)
+        gold, reverse = self.gold_and_reversed([i for i in rows if i not in held])
         policy = [completion_pair(item) for item in items]
         if reverse:
             half = len(gold) // 2
