@@ -69,6 +69,10 @@ class PrepareConfig:
     """(insert, delete, replace) word costs; each gives a chain, identical chains are kept once."""
     reverse: bool = True
     """Also write target -> source chains (direction "reverse"): negatives for the RL discriminator."""
+    edit_format: str = "tokens"
+    """How chains are written in the training text: "tokens" (edit tokens and word numbers: <|rep|> 1 shoves
+    <|with|> asks) or "words" (English that names words: replace "shoves" with "asks"). Models trained on the
+    data record it; eval, rl and serving read it from them."""
     tokenizer: str = "smollm2"
     """Tokenizer: "smollm2" (embedded default), a local folder, or a hub id on machines with network."""
     max_tokens: int = 1024
@@ -87,6 +91,8 @@ class PrepareConfig:
             self.cost_sets = [check_costs(tuple(c)) for c in self.cost_sets]
         except ValueError as e:
             raise ConfigError(f"--prepare.cost_sets: {e}") from None
+        if self.edit_format not in ("tokens", "words"):
+            raise ConfigError(f"--prepare.edit_format must be tokens or words, got {self.edit_format!r}")
         for name in ("max_tokens", "records_per_block", "chunk_mb"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--prepare.{name} must be at least 1, got {getattr(self, name)}")

@@ -99,17 +99,26 @@ class TokenTable:
         self._free = torch.tensor([r and b"<|" not in b for r, b in zip(regular, self.bytes_of)])
         self._spaced = self._free & torch.tensor([bool(b) and b[:1].isspace() for b in self.bytes_of])
         self._no_pipe = self._free & torch.tensor([not (b or b"").startswith(b"|") for b in self.bytes_of])
+        # inside a quoted (JSON) string: no quote, backslash or control byte; those tokens are checked one by one
+        plain = [b is not None and not any(c in b for c in b'"\\') and min(b or b"a") >= 0x20 for b in self.bytes_of]
+        self._quoted = self._free & torch.tensor(plain)
+        self.escaping = [i for i, b in enumerate(self.bytes_of)
+                         if b is not None and (b'"' in b or b"\\" in b) and min(b) >= 0x20 and b"<|" not in b]
+        self.escaping_by_first: dict[int, list[int]] = {}
+        for i in self.escaping:
+            self.escaping_by_first.setdefault(self.bytes_of[i][0], []).append(i)
         self._continues = torch.tensor([_continuation_bytes(b or b"") for b in self.bytes_of])
         self._masks: dict[tuple[str, int, int], torch.Tensor] = {}
 
     def free_mask(self, kind: str, width: int, missing: int = 0) -> torch.Tensor:
         """Regular tokens free text may take next: "any", "spaced" (starts with whitespace), "no_pipe" (after a
-        '<', so that no '<|' is ever written); ``width`` columns (a model's vocabulary may be padded). Text that
+        '<', so that no '<|' is ever written), "quoted" (in a JSON string: none with a quote, backslash or control
+        byte); ``width`` columns (a model's vocabulary may be padded). Text that
         ends inside a character (``missing`` bytes of it) takes only tokens that finish it, and other text none
         that start inside one: free text stays UTF-8, so it can always end."""
         key = (kind, width, missing)
         if key not in self._masks:
-            base = {"any": self._free, "spaced": self._spaced, "no_pipe": self._no_pipe}[kind]
+            base = {"any": self._free, "spaced": self._spaced, "no_pipe": self._no_pipe, "quoted": self._quoted}[kind]
             mask = torch.zeros(width, dtype=torch.bool)
             mask[: self.size] = (base & (self._continues == missing))[:width]
             self._masks[key] = mask
@@ -260,6 +269,8 @@ class ChainConstraint:
 
     # --- the state machine ----------------------------------------------------------------------------------------
     def _feed_bytes(self, item, data: bytes) -> list:
+        if hasattr(item, "feed"):  # an item of another grammar (constrained_words)
+            return item.feed(data)
         if isinstance(item, _Lit):
             if item.rest.startswith(data):
                 return [replace(item, rest=item.rest[len(data):])] if len(data) < len(item.rest) else item.then()
@@ -307,6 +318,10 @@ class ChainConstraint:
             raise ValueError(f"token {token} does not continue a chain that fits the source")
         self.items = items
 
+    def _crossing(self, item: _Lit) -> list[int]:
+        """Tokens that write the rest of a literal and run on into what follows it (none in this grammar)."""
+        return []
+
     def reserve(self, items: list) -> int:
         """Tokens kept to close the chain and write the target: a few for <|tgt|> (after a replace's <|with|> and
         a word) and EOS, and the target's length: the tokens of the chain's result so far, and of free text not
@@ -319,6 +334,7 @@ class ChainConstraint:
             size = self._result_tokens[chain]
             if isinstance(item, _Free) and item.edit is not None:
                 size += (len(item.content) - len(item.edit.old.encode())) // 3
+            size += getattr(item, "pending", 0) // 3
             longest = max(longest, size)
         return 8 + longest
 
@@ -356,8 +372,12 @@ class ChainConstraint:
                 if item.edit is None and left <= 1:
                     ids.append(table.eos)
                     continue
-            if isinstance(item, _Lit):
-                ids += table.prefix_tokens(item.rest)
+            if hasattr(item, "allowed"):
+                ids += item.allowed(closing)
+                if hasattr(item, "free_mask"):
+                    mask |= item.free_mask(width, closing)
+            elif isinstance(item, _Lit):
+                ids += table.prefix_tokens(item.rest) + self._crossing(item)
             elif isinstance(item, _Special):
                 ids.append(item.token)
             elif isinstance(item, _End):
@@ -392,7 +412,11 @@ class ChainGrammar:
     def table(self) -> TokenTable:
         return TokenTable(self.tokenizer)
 
-    def constraints(self, sources: Sequence[str], how: Constrain, prefixes: Optional[Sequence[str]] = None
-                    ) -> list[ChainConstraint]:
-        return [ChainConstraint(self.table, source, how.force_target, prefixes[k] if prefixes else "")
+    def constraints(self, sources: Sequence[str], how: Constrain, prefixes: Optional[Sequence[str]] = None,
+                    edit_format: str = "tokens") -> list[ChainConstraint]:
+        """One constraint per source for a model that writes chains in ``edit_format``."""
+        from secondthought.constrained_words import WordsConstraint
+
+        kind = WordsConstraint if edit_format == "words" else ChainConstraint
+        return [kind(self.table, source, how.force_target, prefixes[k] if prefixes else "")
                 for k, source in enumerate(sources)]

@@ -13,8 +13,8 @@ from typing import Sequence
 import pyarrow as pa
 
 from secondthought.data.schema import Rejected, Triple
-from secondthought.edits import DEL, INS, REP, WITH, Costs, EditChain, augment, serialize
-from secondthought.formatting import SEP, SRC, TGT, completion, prompt
+from secondthought.edits import DEL, INS, REP, WITH, Costs, EditChain, augment
+from secondthought.formatting import SEP, SRC, TGT, completion, prompt, write_chain
 
 EXAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -71,8 +71,8 @@ class Encoder:
     get the whole text tokenized instead.
     """
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer, edit_format: str = "tokens"):
+        self.tokenizer, self.edit_format = tokenizer, edit_format
         self.backend = tokenizer.backend_tokenizer
         self.eos_id = tokenizer.eos_token_id
         self.special = dict(zip((SRC, SEP, TGT, INS, DEL, REP, WITH),
@@ -82,6 +82,7 @@ class Encoder:
         probe = [
             ("Be kind. Tom sees a dog.", "Tom kicks the dog, don't he?", "Tom pets the dog 3 times."),
             ("", "I'm 12.5% sure: it's (very) good!", "Ok... I  agree\u00e9 \u65e5\u672c 42"),
+            ("", 'He said "no" (twice) to me.', 'He said "yes" to "me".'),
         ]
         examples = [(c, s, t, augment(s, t, [(1, 1, 1)])[0]) for c, s, t in probe]
         self.by_pieces = self.encode_many(examples) == [self.whole(*e) for e in examples]
@@ -91,11 +92,13 @@ class Encoder:
 
     def whole(self, context: str, source: str, target: str, chain: EditChain) -> tuple[list[int], int]:
         head = prompt(context, source)
-        head_ids, ids = self._ids([head, head + completion(serialize(chain), target)])
+        head_ids, ids = self._ids([head, head + completion(write_chain(chain, source, self.edit_format), target)])
         return ids + [self.eos_id], len(head_ids)
 
-    def _chain_layout(self, chain: EditChain) -> list[str | int]:
-        """The serialized chain as text pieces and special-token ids (ints)."""
+    def _chain_layout(self, chain: EditChain, source: str) -> list[str | int]:
+        """The written chain as text pieces and special-token ids (ints)."""
+        if self.edit_format != "tokens":
+            return [write_chain(chain, source, self.edit_format)]
         out: list[str | int] = []
         for k, edit in enumerate(chain.edits):
             if k:
@@ -116,7 +119,7 @@ class Encoder:
                 if text not in plain:
                     plain[text] = self.by_pieces and (not text and text is context or bool(_PLAIN.fullmatch(text)))
         fast = [plain[c] and plain[s] and plain[t] for c, s, t, _ in examples]
-        layouts = [self._chain_layout(chain) if ok else None for (_, _, _, chain), ok in zip(examples, fast)]
+        layouts = [self._chain_layout(chain, source) if ok else None for (_, source, _, chain), ok in zip(examples, fast)]
         if len(self.cache) > _CACHE_LIMIT:
             self.cache.clear()
         cache = self.cache
@@ -166,7 +169,7 @@ def build(triples: list[Triple], cost_sets: Sequence[Costs], reverse: bool, enco
         "source": [ex.source for ex, _ in kept],
         "target": [ex.target for ex, _ in kept],
         "costs": [ex.chain.costs for ex, _ in kept],
-        "chain": [serialize(ex.chain) for ex, _ in kept],
+        "chain": [write_chain(ex.chain, ex.source, encoder.edit_format) for ex, _ in kept],
         "n_edits": [len(ex.chain) for ex, _ in kept],
         "prompt_len": [prompt_len for _, (_, prompt_len) in kept],
         "input_ids": [ids for _, (ids, _) in kept],

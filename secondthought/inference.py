@@ -245,7 +245,8 @@ class Policy:
     def output(self, ids: Sequence[int], source: Optional[str] = None) -> Output:
         text = completion_text(self.tokenizer, ids)
         part = split_completion(text)
-        verdict = check_completion(source, text) if source is not None and self.info.writes_chains else None
+        verdict = (check_completion(source, text, self.info.edit_format) if source is not None and self.info.writes_chains
+                   else None)
         return Output(text, part.chain_text, part.target, verdict, len(ids))
 
     def complete(self, prompts: Sequence[Sequence[int]], sources: Optional[Sequence[str]], params: SamplingParams,

@@ -111,10 +111,10 @@ def _make_datasource(chunks: list[Chunk], cfg: DataConfig, records_per_block: in
 
 
 @lru_cache(maxsize=2)
-def _encoder(tokenizer_dir: str) -> Encoder:
+def _encoder(tokenizer_dir: str, edit_format: str) -> Encoder:
     from transformers import AutoTokenizer
 
-    return Encoder(AutoTokenizer.from_pretrained(tokenizer_dir))
+    return Encoder(AutoTokenizer.from_pretrained(tokenizer_dir), edit_format)
 
 
 def _records(keys: list[str], raws: list[str]) -> list[RawRecord]:
@@ -171,7 +171,7 @@ def _process_block(batch: pa.Table, cfg: PrepareConfig, tokenizer_dir: str, out:
             triples.append(Triple(columns["id"][k], columns["dataset"][k], columns["context"][k],
                                   columns["source"][k], columns["target"][k], records, columns["metadata"][k],
                                   columns["split"][k]))
-    examples, too_long = build(triples, cfg.cost_sets, cfg.reverse, _encoder(tokenizer_dir), cfg.max_tokens)
+    examples, too_long = build(triples, cfg.cost_sets, cfg.reverse, _encoder(tokenizer_dir, cfg.edit_format), cfg.max_tokens)
     quarantine.extend(too_long)
     keys = [key for keys in columns["records"] for key in keys]
     name = "part-" + hashlib.blake2b(min(keys).encode(), digest_size=8).hexdigest()
@@ -309,6 +309,7 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
         "chain_length": _chain_stats(n_edits),
         "cost_sets": [list(c) for c in prepare.cost_sets],
         "reverse": prepare.reverse,
+        "edit_format": prepare.edit_format,
         "tokenizer": {"name": prepare.tokenizer, "path": str(tokenizer_dir), "vocab_size": len(tokenizer)},
         "data_config": asdict(data),
         "prepare_config": asdict(prepare),

@@ -23,7 +23,7 @@ from secondthought.edits import (
     parse,
     serialize,
 )
-from secondthought.formatting import check_completion, prompt, split_completion
+from secondthought.formatting import check_completion, prompt, read_chain, split_completion, write_chain
 
 
 class ApiError(Exception):
@@ -60,8 +60,10 @@ class RealignJob:
     """The model's prompt: context and text in the training format, then the corrected prefix if any."""
     source: str
     prefix: str
-    """The corrected first edits, serialized: the model's completion continues it."""
+    """The corrected first edits, written as the model writes chains: its completion continues them."""
     sampling: Sampling
+    edit_format: str = "tokens"
+    """How the model writes chains (formatting.EDIT_FORMATS)."""
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,9 @@ def _sampling(max_tokens: Optional[int], temperature: float, top_p: float, top_k
     return Sampling(max_tokens or cfg.default_new_tokens, temperature, top_p, top_k, seed)
 
 
-def realign_job(req: RealignRequest, cfg: ServeConfig, writes_chains: bool) -> RealignJob:
-    """Check a realign request; a corrected prefix must fit the text (else a 422 naming the edit)."""
+def realign_job(req: RealignRequest, cfg: ServeConfig, writes_chains: bool, edit_format: str = "tokens") -> RealignJob:
+    """Check a realign request; a corrected prefix must fit the text (else a 422 naming the edit). The request's
+    edits are structured or serialized (edit tokens) whatever the model's format; the prompt gets them in it."""
     check_length(req.text, cfg.max_text_chars, "text")
     check_length(req.context, cfg.max_text_chars, "context")
     prefix = chain_of(req.edits, req.chain, cfg)
@@ -154,9 +157,9 @@ def realign_job(req: RealignRequest, cfg: ServeConfig, writes_chains: bool) -> R
                        "this model writes targets only (no chains of edits): it cannot continue a chain")
     applied(prefix, req.text, "edits" if req.chain is None else "chain")
     g = req.generation
-    prefix_text = serialize(prefix)
+    prefix_text = write_chain(prefix, req.text, edit_format) if prefix.edits else ""
     return RealignJob(prompt(req.context, req.text) + prefix_text, req.text, prefix_text,
-                      _sampling(g.max_tokens, g.temperature, g.top_p, g.top_k, g.seed, cfg))
+                      _sampling(g.max_tokens, g.temperature, g.top_p, g.top_k, g.seed, cfg), edit_format)
 
 
 def realign_answer(job: RealignJob, completion: str, writes_chains: bool, model: str, prompt_tokens: int,
@@ -173,14 +176,15 @@ def realign_answer(job: RealignJob, completion: str, writes_chains: bool, model:
                     problem="" if changed else "the target changes nothing", edits_from="diff", model=model,
                     usage=usage)
     text = job.prefix + completion
-    verdict = check_completion(job.source, text)
+    verdict = check_completion(job.source, text, job.edit_format)
     part = split_completion(text)
     try:
-        chain = parse(part.chain_text)
-    except EditError:
-        chain = parse(job.prefix)  # what the model wrote after the user's edits does not parse: keep theirs
+        chain = read_chain(part.chain_text, job.source, job.edit_format)
+        written = serialize(chain)
+    except EditError:  # what the model wrote after the user's edits does not parse (or place): keep theirs
+        chain, written = read_chain(job.prefix, job.source, job.edit_format), part.chain_text
     result = chain.apply(job.source) if verdict.applies else None
-    return dict(edits=views(chain), chain=part.chain_text, explanation=decipher(chain), result=result,
+    return dict(edits=views(chain), chain=written, explanation=decipher(chain), result=result,
                 target=part.target, applies=verdict.applies, consistent=verdict.consistent, valid=verdict.valid,
                 problem=verdict.reason, edits_from="model", model=model, usage=usage)
 

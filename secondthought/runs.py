@@ -104,6 +104,11 @@ class PreparedDir:
     def manifest(self) -> dict:
         return read_json(self.manifest_file)
 
+    @property
+    def edit_format(self) -> str:
+        """How the training text writes chains (data from before the option: "tokens")."""
+        return self.manifest().get("edit_format", "tokens")
+
     def fingerprint(self) -> str:
         """Names this preparation: a redone one (even of the same input) gets another."""
         import hashlib
@@ -215,7 +220,7 @@ class ModelInfo:
     writes_chains: bool = True
     """Whether the model writes a chain of edits before the target (False: the targets-only baseline)."""
     edit_format: str = "tokens"
-    """How its chains are written (see secondthought.edits.serialize)."""
+    """How its chains are written: formatting.EDIT_FORMATS ("tokens" or "words")."""
     base_model: Optional[str] = None
     """The pretrained LM its lineage started from (a name such as smollm2, or a folder)."""
     base_folder: Optional[str] = None

@@ -130,7 +130,8 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
         raise RuntimeError(f"training ended without an evaluated model in {run.best}")
     shutil.rmtree(run.model, ignore_errors=True)
     shutil.copytree(run.best, run.model)
-    write_model_info(run.model, ModelInfo(stage="sft", writes_chains=cfg.chains, base_model=cfg.model,
+    write_model_info(run.model, ModelInfo(stage="sft", writes_chains=cfg.chains, edit_format=prepared.edit_format,
+                                          base_model=cfg.model,
                                           base_folder=str(run.base), trained_from=cfg.model))
     rows = read_metrics(run.metrics, "step")
     plot_losses(rows, out / "loss.png")

@@ -122,7 +122,7 @@ class Api:
 
     def __init__(self, model: DeploymentHandle, args: dict, name: str):
         self.model, self.cfg, self.name = model, ServeConfig(**args), name
-        self.writes_chains = read_model_info(self.cfg.model).writes_chains
+        self.info = read_model_info(self.cfg.model)
         self.created = int(time.time())
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -147,7 +147,7 @@ class Api:
 
     @api.post("/v1/realign", response_model=RealignResponse)
     async def realign(self, req: RealignRequest) -> dict:
-        return await self._call("realign", realign_job(req, self.cfg, self.writes_chains))
+        return await self._call("realign", realign_job(req, self.cfg, self.info.writes_chains, self.info.edit_format))
 
     @api.post("/v1/edits/apply", response_model=ApplyResponse)
     def apply(self, req: ApplyRequest) -> dict:

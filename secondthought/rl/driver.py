@@ -20,7 +20,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from secondthought import console
-from secondthought.config import RayConfig, RLConfig
+from secondthought.config import ConfigError, RayConfig, RLConfig
 from secondthought.inference import completion_text
 from secondthought.rl import ppo
 from secondthought.rl.actors import Discriminator, Learner, Reference, RolloutWorker
@@ -56,6 +56,7 @@ class RLRun:
 
         self.policy, self.cfg, self.run_dir = policy, cfg, run
         self.tokenizer = AutoTokenizer.from_pretrained(policy)
+        self.edit_format = read_model_info(policy).edit_format
         self.prompts: Prompts = load_prompts(prepared)
         # every tenth prompt: the discriminator never learns from its gold and reversed chains (its accuracy there
         # is logged); a prompt table too small for a tenth has none
@@ -133,7 +134,8 @@ class RLRun:
         """2. Sequence scores (the reward before the KL penalty) and their parts."""
         cfg, p = self.cfg, self.prompts
         items = [Scored(p.context[s.index], p.source[s.index], p.target[s.index],
-                        completion_text(self.tokenizer, s.completion_ids), tuple(s.completion_ids)) for s in samples]
+                        completion_text(self.tokenizer, s.completion_ids), tuple(s.completion_ids), self.edit_format)
+                 for s in samples]
         if self.reward_fn is not None:
             scores = np.asarray(self.reward_fn(items), dtype=np.float32)
             if scores.shape != (len(items),) or not np.all(np.isfinite(scores)):
@@ -173,8 +175,9 @@ class RLRun:
     def gold_and_reversed(self, rows: list[int]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """The discriminator's pairs of ``rows``: gold chains, and reversed (aligned -> unaligned) ones."""
         p = self.prompts
-        gold = [discriminator_pair(p.context[i], p.source[i], p.chain[i], p.target[i]) for i in rows]
-        return gold, [reverse_negative(*p.reverse[p.ids[i]]) for i in rows if p.ids[i] in p.reverse]
+        fmt = self.edit_format
+        gold = [discriminator_pair(p.context[i], p.source[i], p.chain[i], p.target[i], fmt) for i in rows]
+        return gold, [reverse_negative(*p.reverse[p.ids[i]], fmt) for i in rows if p.ids[i] in p.reverse]
 
     def warm_start(self) -> dict:
         """0. Before the first iteration: the discriminator learns gold from reversed chains (never on the
@@ -323,6 +326,10 @@ def run_rl(prepared: str | Path, policy: str | Path, cfg: RLConfig, ray_cfg: Ray
     """Refine ``policy`` (an SFT model folder) on the prompts of ``prepared``; returns the summary."""
     policy = model_folder(policy, "--policy")
     prepared = PreparedDir.open(prepared)
+    written = read_model_info(policy).edit_format
+    if read_model_info(policy).writes_chains and written != prepared.edit_format:
+        raise ConfigError(f"--policy {policy} writes {written!r} chains but {prepared.path} was prepared with "
+                          f"--prepare.edit_format {prepared.edit_format}: prepare the data in the policy's format")
     if cfg.reward not in ("adversarial", "validity"):
         load_reward_function(cfg.reward)  # a reward that does not import fails here, before any Ray work
     run_dir = TrainingDir.start(out, asdict(cfg), resume, overwrite)

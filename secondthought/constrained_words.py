@@ -1,0 +1,260 @@
+"""Decoding constrained to the source for chains written in words (``edit_words``):
+
+    (" insert " Q_new (" before " A | " after " A | " at the end") | " delete " Q_old [" after " A]
+     | " replace " Q_old [" after " A] " with " Q_new) (";" ...)* <|tgt|> target <eos>
+
+Removed text Q_old is some run of the source's units from the cursor on, written exactly as ``edit_words.quoted``
+writes it (the row picks where; the state keeps every start that its text still matches), an anchor A is a run
+of source units that ends where such an occurrence starts (``after``) or starts at or after the cursor
+(``before``), and new text is free text in a JSON string. Where an instruction lands is what
+``edit_words.locate`` makes of the text, so every chain decoded here reads back to a chain that applies.
+
+The same machine as ``constrained.ChainConstraint`` (literals, the target, the end), with two items of its own:
+``_Quoted`` (free text in quotes) and ``_Span`` (quoted text that must be source units). Tokens with a quote or a
+backslash (a few hundred) are tried one by one, so that a token that closes a quote and runs on (``."``, ``";``)
+is allowed where the tokenizer writes it. No Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import torch
+
+from secondthought.constrained import ChainConstraint, _Lit, _missing
+from secondthought.edit_words import AFTER, AT_END, BEFORE, OPS, SEPARATOR, WITH, _first, unquoted
+from secondthought.edits import Edit, count_units
+
+_QUOTE, _BACKSLASH = 0x22, 0x5C
+
+
+def _escaped(text: str) -> bytes:
+    return json.dumps(text, ensure_ascii=False)[1:-1].encode()
+
+
+def _scan(data: bytes, escape: bool) -> tuple[int, bool]:
+    """Where the first unescaped quote of ``data`` is (-1: none), and whether ``data`` ends inside an escape."""
+    for k, byte in enumerate(data):
+        if escape:
+            escape = False
+        elif byte == _BACKSLASH:
+            escape = True
+        elif byte == _QUOTE:
+            return k, False
+    return -1, escape
+
+
+def _open_escape(data: bytes) -> bool:
+    """Whether quoted text ``data`` ends inside an escape (an odd run of backslashes)."""
+    return (len(data) - len(data.rstrip(b"\\"))) % 2 == 1
+
+
+def _json_text(data: bytes) -> Optional[str]:
+    try:
+        return json.loads(b'"' + data + b'"')
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+@dataclass(frozen=True)
+class _Quoted:
+    """Free text in quotes: an insert's text (``edit.op == "ins"``, its place follows) or a replace's new text."""
+
+    m: "WordsConstraint" = field(repr=False, compare=False)
+    chain: tuple[Edit, ...]
+    edit: Edit
+    content: bytes = b""
+    escape: bool = False
+
+    @property
+    def pending(self) -> int:
+        return len(self.content)
+
+    def feed(self, data: bytes) -> list:
+        close, escape = _scan(data, self.escape)
+        content = self.content + (data if close < 0 else data[:close])
+        if any(b < 0x20 for b in data[: len(data) if close < 0 else close]) or b"<|" in content:
+            return []
+        if close < 0:
+            return [replace(self, content=content, escape=escape)]
+        text = _json_text(content) if content else None
+        if not text:
+            return []
+        return self.m.run_on(self.m.closed(self, unquoted(text)), data[close + 1:])
+
+    def allowed(self, closing: bool) -> list[int]:
+        if closing and self.content and not self.escape:
+            return self.m.table.by_bytes.get(b'"', [])
+        m = self.m
+        key = (self.edit.op, self.escape, bool(self.content), self.content.endswith(b"<"), _missing(self.content),
+               m._cursor(self.chain) < len(m.units))
+        return m.tried(key, self, m.table.escaping)
+
+    def free_mask(self, width: int, closing: bool):
+        table = self.m.table
+        if closing and self.content and not self.escape:
+            return torch.zeros(width, dtype=torch.bool)
+        mask = table.free_mask("quoted", width, _missing(self.content))
+        return mask & table.free_mask("no_pipe", width) if self.content.endswith(b"<") else mask
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Quoted text that must be source units: removed text (``role`` "old") or an anchor ("after": ending where
+    the edit goes; "before": starting there). ``starts``: unit index -> unit indices the text may end at."""
+
+    m: "WordsConstraint" = field(repr=False, compare=False)
+    chain: tuple[Edit, ...]
+    edit: Edit
+    role: str
+    starts: tuple[tuple[int, frozenset], ...]
+    written: bytes = b""
+
+    def feed(self, data: bytes) -> list:
+        close, _ = _scan(data, _open_escape(self.written))
+        written = self.written + (data if close < 0 else data[:close])
+        m = self.m
+        starts = tuple((j, ends) for j, ends in self.starts if m.rendered(j).startswith(written))
+        if close < 0:
+            return [replace(self, starts=starts, written=written)] if starts else []
+        if not any(len(written) in m.offsets(j, ends) for j, ends in starts):
+            return []
+        return m.run_on(m.closed(self, unquoted(json.loads(b'"' + written + b'"'))), data[close + 1:])
+
+    def allowed(self, closing: bool) -> list[int]:
+        m, n = self.m, len(self.written)
+        ids: set[int] = set()
+        firsts: set[int] = set()
+        for j, ends in self.starts:
+            rest = m.rendered(j)[n:]
+            ids.update(m.table.prefix_tokens(rest))
+            if rest:
+                firsts.add(rest[0])
+            if n in m.offsets(j, ends):
+                firsts.add(_QUOTE)
+        tried = [i for b in firsts for i in m.table.escaping_by_first.get(b, ())]
+        return list(ids) + [i for i in tried if i not in ids and self.feed(m.table.bytes_of[i])]
+
+
+class WordsConstraint(ChainConstraint):
+    """One row's constraint for a model that writes chains in words; the interface of ``ChainConstraint``."""
+
+    def __init__(self, *args, **kwargs):
+        self._tried: dict[tuple, list[int]] = {}
+        self._rendered: dict[int, bytes] = {}
+        self._offsets: dict[int, list[int]] = {}
+        self._closed: dict[tuple, list] = {}
+        self._runs: dict[tuple, tuple] = {}
+        super().__init__(*args, **kwargs)
+
+    # --- the source's units as quoted text -------------------------------------------------------------------
+    def rendered(self, j: int) -> bytes:
+        """Units j.. as quoted text (``edit_words.quoted``, without the quotes)."""
+        if j not in self._rendered:
+            first = self.units[j]
+            shown = first[1:] if first.startswith(" ") and not first[1:2].isspace() else first
+            pieces = [_escaped(shown)] + [_escaped(u) for u in self.units[j + 1:]]
+            self._rendered[j] = b"".join(pieces)
+            offsets, total = [], 0
+            for piece in pieces:
+                total += len(piece)
+                offsets.append(total)
+            self._offsets[j] = offsets
+        return self._rendered[j]
+
+    def offsets(self, j: int, ends: frozenset) -> set[int]:
+        """Byte lengths of the quoted text of units j..e for each e in ``ends``."""
+        self.rendered(j)
+        return {self._offsets[j][e - j - 1] for e in ends}
+
+    def _spans(self, starts: range, ends) -> tuple[tuple[int, frozenset], ...]:
+        """(start, allowed ends) for each start, ``ends(j)`` giving the ends; starts without one left out."""
+        out = tuple((j, frozenset(ends(j))) for j in starts)
+        return tuple((j, e) for j, e in out if e)
+
+    def _from(self, c: int) -> tuple[tuple[int, frozenset], ...]:
+        """Runs of units that start at or after unit c."""
+        n = len(self.units)
+        if ("from", c) not in self._runs:
+            self._runs["from", c] = self._spans(range(c, n), lambda j: range(j + 1, n + 1))
+        return self._runs["from", c]
+
+    def _to(self, c: int) -> tuple[tuple[int, frozenset], ...]:
+        """Runs of units that end at or after unit c (and after their start)."""
+        n = len(self.units)
+        if ("to", c) not in self._runs:
+            self._runs["to", c] = self._spans(range(n), lambda j: range(max(c, j + 1), n + 1))
+        return self._runs["to", c]
+
+    # --- the grammar ----------------------------------------------------------------------------------------
+    def _markers(self, chain: tuple[Edit, ...]) -> list:
+        c, n = self._cursor(chain), len(self.units)
+        items = [_Lit(OPS["ins"].encode() + b'"', lambda: [_Quoted(self, chain, Edit("ins", -1))], chain, opens=True)]
+        if c < n:
+            for op in ("del", "rep"):
+                starts = self._from(c)
+                items.append(_Lit(OPS[op].encode() + b'"',
+                                  lambda op=op, starts=starts: [_Span(self, chain, Edit(op, -1), "old", starts)],
+                                  chain, opens=True))
+        return items
+
+    def _done(self, chain: tuple[Edit, ...]) -> list:
+        return [_Lit(SEPARATOR.encode(), lambda: self._markers(chain), chain, opens=True)] + self._target_marker(chain)
+
+    def _located(self, chain: tuple[Edit, ...], edit: Edit) -> list:
+        if edit.op == "rep":
+            return [_Lit(WITH.encode() + b'"', lambda: [_Quoted(self, chain, edit)], chain)]
+        return self._done(chain + (edit,))
+
+    def closed(self, item, text: str) -> list:
+        """What may follow a closed quote: the same for every token that closes it (tried by the hundred)."""
+        key = (item.chain, item.edit, getattr(item, "role", "new"), text)
+        if key not in self._closed:
+            self._closed[key] = (self._span_closed if isinstance(item, _Span) else self._quoted_closed)(item, text)
+        return self._closed[key]
+
+    def _quoted_closed(self, item: _Quoted, text: str) -> list:
+        chain, edit, c, n = item.chain, item.edit, self._cursor(item.chain), len(self.units)
+        if edit.op == "rep":
+            return self._done(chain + (replace(edit, new=text),))
+        ins = Edit("ins", -1, "", text)
+        before, after = self._from(c), self._to(c)
+        items = [_Lit(AT_END.encode(), lambda: self._done(chain + (replace(ins, pos=n),)), chain)]
+        if before:
+            items.append(_Lit(BEFORE.encode() + b'"', lambda: [_Span(self, chain, ins, "before", before)], chain))
+        if after:
+            items.append(_Lit(AFTER.encode() + b'"', lambda: [_Span(self, chain, ins, "after", after)], chain))
+        return items
+
+    def _span_closed(self, item: _Span, text: str) -> list:
+        chain, edit, c = item.chain, item.edit, self._cursor(item.chain)
+        if item.role == "old":
+            n = count_units(text)
+            found = [i for i in range(c, len(self.units) - n + 1) if "".join(self.units[i : i + n]) == text]
+            edit = replace(edit, old=text)
+            starts = self._spans(range(max(found)), lambda j: (i for i in found if i > j))
+            items = self._located(chain, replace(edit, pos=found[0]))
+            if starts:
+                items.append(_Lit(AFTER.encode() + b'"', lambda: [_Span(self, chain, edit, "after", starts)], chain))
+            return items
+        pos = _first(self.units, c, edit.old, text, before=item.role == "before")
+        return self._located(chain, replace(edit, pos=pos))
+
+    # --- the machine's hooks ----------------------------------------------------------------------------------
+    def run_on(self, items: list, rest: bytes) -> list:
+        """``items`` after a quote closed, fed what the same token wrote after it."""
+        return [out for item in items for out in self._feed_bytes(item, rest)] if rest else items
+
+    def tried(self, key: tuple, item, candidates: list[int]) -> list[int]:
+        """Of ``candidates``, the tokens ``item`` takes, tried one by one (cached under ``key``)."""
+        if key not in self._tried:
+            self._tried[key] = [i for i in candidates if item.feed(self.table.bytes_of[i])]
+        return self._tried[key]
+
+    def _crossing(self, item: _Lit) -> list[int]:
+        if len(item.rest) > 2:
+            return []
+        return [i for i in self.table.escaping_by_first.get(item.rest[0], ())
+                if len(self.table.bytes_of[i]) > len(item.rest) and self._feed_bytes(item, self.table.bytes_of[i])]
