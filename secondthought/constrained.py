@@ -104,11 +104,17 @@ class TokenTable:
         self._quoted = self._free & torch.tensor(plain)
         self.escaping = [i for i, b in enumerate(self.bytes_of)
                          if b is not None and (b'"' in b or b"\\" in b) and min(b) >= 0x20 and b"<|" not in b]
+        self.by_first: dict[int, list[int]] = {}
+        for i, b in enumerate(self.bytes_of):
+            if b:
+                self.by_first.setdefault(b[0], []).append(i)
         self.escaping_by_first: dict[int, list[int]] = {}
         for i in self.escaping:
             self.escaping_by_first.setdefault(self.bytes_of[i][0], []).append(i)
         self._continues = torch.tensor([_continuation_bytes(b or b"") for b in self.bytes_of])
         self._masks: dict[tuple[str, int, int], torch.Tensor] = {}
+        self.memo: dict = {}
+        """A grammar's own per-tokenizer tables (constrained_words)."""
 
     def free_mask(self, kind: str, width: int, missing: int = 0) -> torch.Tensor:
         """Regular tokens free text may take next: "any", "spaced" (starts with whitespace), "no_pipe" (after a

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from secondthought.constrained import ChainConstraint, _Lit, _missing
+from secondthought.constrained import ChainConstraint, _continuation_bytes, _Lit, _missing
 from secondthought.edit_words import AFTER, AT_END, BEFORE, OPS, SEPARATOR, WITH, _first, unquoted
 from secondthought.edits import Edit, count_units
 
@@ -34,16 +34,35 @@ def _escaped(text: str) -> bytes:
     return json.dumps(text, ensure_ascii=False)[1:-1].encode()
 
 
-def _scan(data: bytes, escape: bool) -> tuple[int, bool]:
-    """Where the first unescaped quote of ``data`` is (-1: none), and whether ``data`` ends inside an escape."""
+_ESCAPES = frozenset(b'"\\/bfnrt')
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _scan(data: bytes, escape: int) -> tuple[int, int]:
+    """Where the first unescaped quote of ``data`` is (-1: none), and the escape ``data`` ends in: 0 none, -1 just
+    after a backslash, k > 0 hex digits of a \\u escape still to come; (-2, 0) where an escape is malformed."""
     for k, byte in enumerate(data):
-        if escape:
-            escape = False
+        if escape == -1:
+            escape = 4 if byte == ord("u") else 0 if byte in _ESCAPES else -2
+        elif escape > 0:
+            escape = escape - 1 if byte in _HEX else -2
         elif byte == _BACKSLASH:
-            escape = True
+            escape = -1
         elif byte == _QUOTE:
-            return k, False
+            return k, 0
+        if escape == -2:
+            return -2, 0
     return -1, escape
+
+
+def _finishing(table, escape: int) -> list[int]:
+    """Tokens that finish an open escape and go on as plain quoted text (no quote or backslash after it)."""
+    key = ("finishing", escape)
+    if key not in table.memo:
+        escaping = set(table.escaping)
+        table.memo[key] = [i for i, b in enumerate(table.bytes_of) if b and i not in escaping and min(b) >= 0x20
+                           and b"<|" not in b and _scan(b, escape) == (-1, 0)]
+    return table.memo[key]
 
 
 def _open_escape(data: bytes) -> bool:
@@ -66,7 +85,7 @@ class _Quoted:
     chain: tuple[Edit, ...]
     edit: Edit
     content: bytes = b""
-    escape: bool = False
+    escape: int = 0
 
     @property
     def pending(self) -> int:
@@ -74,6 +93,8 @@ class _Quoted:
 
     def feed(self, data: bytes) -> list:
         close, escape = _scan(data, self.escape)
+        if close == -2 or _continuation_bytes(data) != _missing(self.content):  # broken escape or UTF-8
+            return []
         content = self.content + (data if close < 0 else data[:close])
         if any(b < 0x20 for b in data[: len(data) if close < 0 else close]) or b"<|" in content:
             return []
@@ -90,11 +111,14 @@ class _Quoted:
         m = self.m
         key = (self.edit.op, self.escape, bool(self.content), self.content.endswith(b"<"), _missing(self.content),
                m._cursor(self.chain) < len(m.units))
+        if self.escape:  # inside an escape: tokens that finish it (plain text's mask is off)
+            return _finishing(m.table, self.escape) + m.tried(key, self, [
+                i for i in m.table.escaping if _scan(m.table.bytes_of[i], self.escape)[0] != -2])
         return m.tried(key, self, m.table.escaping)
 
     def free_mask(self, width: int, closing: bool):
         table = self.m.table
-        if closing and self.content and not self.escape:
+        if self.escape or (closing and self.content):
             return torch.zeros(width, dtype=torch.bool)
         mask = table.free_mask("quoted", width, _missing(self.content))
         return mask & table.free_mask("no_pipe", width) if self.content.endswith(b"<") else mask
@@ -113,10 +137,11 @@ class _Span:
     written: bytes = b""
 
     def feed(self, data: bytes) -> list:
-        close, _ = _scan(data, _open_escape(self.written))
+        close, _ = _scan(data, -1 if _open_escape(self.written) else 0)  # its text is the source's, well escaped
         written = self.written + (data if close < 0 else data[:close])
         m = self.m
-        starts = tuple((j, ends) for j, ends in self.starts if m.rendered(j).startswith(written))
+        starts = tuple((j, ends) for j, ends in self.starts
+                       if m.rendered(j).startswith(written) and len(written) <= max(m.offsets(j, ends)))
         if close < 0:
             return [replace(self, starts=starts, written=written)] if starts else []
         if not any(len(written) in m.offsets(j, ends) for j, ends in starts):
@@ -127,11 +152,13 @@ class _Span:
         m, n = self.m, len(self.written)
         ids: set[int] = set()
         firsts: set[int] = set()
+        can_close = any(n in m.offsets(j, ends) for j, ends in self.starts)
         for j, ends in self.starts:
-            rest = m.rendered(j)[n:]
-            ids.update(m.table.prefix_tokens(rest))
-            if rest:
-                firsts.add(rest[0])
+            rest = m.rendered(j)[n : max(m.offsets(j, ends))]
+            if not (closing and can_close):  # short of tokens, a span that can end does
+                ids.update(m.table.prefix_tokens(rest))
+                if rest:
+                    firsts.add(rest[0])
             if n in m.offsets(j, ends):
                 firsts.add(_QUOTE)
         tried = [i for b in firsts for i in m.table.escaping_by_first.get(b, ())]
@@ -222,10 +249,12 @@ class WordsConstraint(ChainConstraint):
         ins = Edit("ins", -1, "", text)
         before, after = self._from(c), self._to(c)
         items = [_Lit(AT_END.encode(), lambda: self._done(chain + (replace(ins, pos=n),)), chain)]
-        if before:
-            items.append(_Lit(BEFORE.encode() + b'"', lambda: [_Span(self, chain, ins, "before", before)], chain))
+        if before:  # an anchor "opens": short of tokens, the insert goes at the end
+            items.append(_Lit(BEFORE.encode() + b'"', lambda: [_Span(self, chain, ins, "before", before)], chain,
+                              opens=True))
         if after:
-            items.append(_Lit(AFTER.encode() + b'"', lambda: [_Span(self, chain, ins, "after", after)], chain))
+            items.append(_Lit(AFTER.encode() + b'"', lambda: [_Span(self, chain, ins, "after", after)], chain,
+                              opens=True))
         return items
 
     def _span_closed(self, item: _Span, text: str) -> list:
@@ -237,12 +266,17 @@ class WordsConstraint(ChainConstraint):
             starts = self._spans(range(max(found)), lambda j: (i for i in found if i > j))
             items = self._located(chain, replace(edit, pos=found[0]))
             if starts:
-                items.append(_Lit(AFTER.encode() + b'"', lambda: [_Span(self, chain, edit, "after", starts)], chain))
+                items.append(_Lit(AFTER.encode() + b'"', lambda: [_Span(self, chain, edit, "after", starts)], chain,
+                                  opens=True))
             return items
         pos = _first(self.units, c, edit.old, text, before=item.role == "before")
         return self._located(chain, replace(edit, pos=pos))
 
     # --- the machine's hooks ----------------------------------------------------------------------------------
+    def reserve(self, items: list) -> int:
+        """As for edit tokens, and room for a closing quote, " with " and a word of new text."""
+        return super().reserve(items) + 8
+
     def run_on(self, items: list, rest: bytes) -> list:
         """``items`` after a quote closed, fed what the same token wrote after it."""
         return [out for item in items for out in self._feed_bytes(item, rest)] if rest else items

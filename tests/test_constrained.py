@@ -10,7 +10,7 @@ import torch
 
 from secondthought.constrained import ChainConstraint, ChainGrammar, Constrain
 from secondthought.edits import compute_edits, serialize
-from secondthought.formatting import TGT, check_completion, completion, prompt
+from secondthought.formatting import EDIT_FORMATS, TGT, check_completion, completion, prompt, write_chain
 from secondthought.inference import Policy, SamplingParams, completion_text
 
 from tests.conftest import shared_file
@@ -22,9 +22,11 @@ def grammar(tokenizer):
     return ChainGrammar(tokenizer)
 
 
-def gold_is_allowed(grammar, tokenizer, source: str, target: str, force_target: bool) -> bool:
-    constraint = ChainConstraint(grammar.table, source, force_target)
-    ids = tokenizer(completion(serialize(compute_edits(source, target)), target), add_special_tokens=False).input_ids
+def gold_is_allowed(grammar, tokenizer, source: str, target: str, force_target: bool, edit_format: str = "tokens",
+                    costs=(1, 1, 1)) -> bool:
+    constraint = grammar.constraints([source], Constrain(force_target), edit_format=edit_format)[0]
+    chain = write_chain(compute_edits(source, target, costs), source, edit_format)
+    ids = tokenizer(completion(chain, target), add_special_tokens=False).input_ids
     for token in ids + [tokenizer.eos_token_id]:
         if not constraint.mask(grammar.table.size)[token]:
             return False
@@ -32,32 +34,38 @@ def gold_is_allowed(grammar, tokenizer, source: str, target: str, force_target: 
     return True
 
 
-def test_every_sample_pairs_gold_completion_is_allowed_token_by_token(grammar, tokenizer):
+@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
+def test_every_sample_pairs_gold_completion_is_allowed_token_by_token(grammar, tokenizer, edit_format):
     pairs = [(source, target) for _, source, target in triples(200)]
     assert len(pairs) >= 50
-    for source, target in pairs:
-        assert gold_is_allowed(grammar, tokenizer, source, target, force_target=True), (source, target)
-        assert gold_is_allowed(grammar, tokenizer, source, target, force_target=False), (source, target)
+    for source, target in pairs + [("He said \"no\" (twice).\n\nThe end", "He said: \"yes!\"\n The end.")]:
+        for force_target in (True, False):
+            assert gold_is_allowed(grammar, tokenizer, source, target, force_target, edit_format), (source, target)
 
 
-def test_every_moral_stories_pairs_gold_completion_is_allowed(grammar, tokenizer):
+@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
+def test_every_moral_stories_pairs_gold_completion_is_allowed(grammar, tokenizer, edit_format):
     rows = [json.loads(line) for name in ("train.jsonl", "dev.jsonl")
             for line in shared_file("moral_stories", name).read_text().splitlines()]
-    for r in rows:
-        assert gold_is_allowed(grammar, tokenizer, r["immoral_action"], r["moral_action"], True), r["ID"]
+    step = 1 if edit_format == "tokens" else 3  # words: every third row (a minute for all of them)
+    for k, r in enumerate(rows[::step]):
+        costs = [(1, 1, 1), (1, 1, 2)][k % 2]
+        assert gold_is_allowed(grammar, tokenizer, r["immoral_action"], r["moral_action"], True, edit_format,
+                               costs), r["ID"]
 
 
 def walk(grammar, tokenizer, source: str, force_target: bool, rng: random.Random, steps: int = 400,
-         budget: bool = False, favour: float = 0.3) -> str | None:
-    """A random completion through the allowed tokens, special tokens favoured so that free text ends; with
-    ``budget`` the constraint is told how many of the ``steps`` are left (as decoding does), and forced text is
-    written in long tokens, as a model does (not byte by byte)."""
-    constraint = ChainConstraint(grammar.table, source, force_target)
+         budget: bool = False, favour: float = 0.3, edit_format: str = "tokens") -> str | None:
+    """A random completion through the allowed tokens, special tokens (and, in words, quotes) favoured so that
+    free text ends; with ``budget`` the constraint is told how many of the ``steps`` are left (as decoding
+    does), and forced text is written in long tokens, as a model does (not byte by byte)."""
+    constraint = grammar.constraints([source], Constrain(force_target), edit_format=edit_format)[0]
     ids = []
     special = set(grammar.table.special.values()) | {tokenizer.eos_token_id}
+    quotes = {i for i in grammar.table.escaping if b'"' in grammar.table.bytes_of[i]} if edit_format == "words" else set()
     for step in range(steps):
         allowed = constraint.mask(grammar.table.size, steps - step if budget else None).nonzero().squeeze(-1).tolist()
-        ends = [t for t in allowed if t in special]
+        ends = [t for t in allowed if t in special] or [t for t in allowed if t in quotes]
         token = rng.choice(ends) if ends and rng.random() < favour else rng.choice(allowed)
         if budget and len(allowed) < 100 and token not in special:  # forced text: its longest token
             token = max(allowed, key=lambda t: len(grammar.table.bytes_of[t] or b""))
@@ -68,34 +76,39 @@ def walk(grammar, tokenizer, source: str, force_target: bool, rng: random.Random
     return None
 
 
+@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
 @pytest.mark.parametrize("force_target", [True, False])
-def test_whatever_the_constraint_allows_is_a_chain_that_applies_and_changes_the_source(grammar, tokenizer, force_target):
+def test_whatever_the_constraint_allows_is_a_chain_that_applies_and_changes_the_source(grammar, tokenizer, force_target,
+                                                                                       edit_format):
     rng = random.Random(0)
-    sources = [s for _, s, _ in triples(12)] + ["Go.", "a a a a", "He said  twice\n\nand left. "]
+    sources = [s for _, s, _ in triples(12)] + ["Go.", "a a a a", "He said  twice\n\nand left. ", 'A "b" \\ c "b".']
     finished = 0
     for source in sources:
         for _ in range(4):
-            text = walk(grammar, tokenizer, source, force_target, rng)
+            text = walk(grammar, tokenizer, source, force_target, rng, edit_format=edit_format)
             if text is None:
                 continue
             finished += 1
-            verdict = check_completion(source, text)
+            verdict = check_completion(source, text, edit_format)
             assert verdict.applies and verdict.valid, (source, text, verdict.reason)
             assert verdict.consistent or not force_target, (source, text)
     assert finished >= 40
 
 
+@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
 @pytest.mark.parametrize("force_target", [True, False])
-def test_told_the_tokens_left_a_row_closes_its_chain_in_time(grammar, tokenizer, force_target):
+def test_told_the_tokens_left_a_row_closes_its_chain_in_time(grammar, tokenizer, force_target, edit_format):
     """A walk that rarely ends free text by itself, with a budget of 60 tokens: every row still writes a target
     (forced: the whole of it) and ends with a valid chain; without the budget some are cut before they end."""
     rng = random.Random(1)
     sources = [s for _, s, _ in triples(10)]
-    with_budget = [walk(grammar, tokenizer, s, force_target, rng, steps=60, budget=True, favour=0.02) for s in sources]
-    without = [walk(grammar, tokenizer, s, force_target, rng, steps=60, favour=0.02) for s in sources]
+    with_budget = [walk(grammar, tokenizer, s, force_target, rng, steps=60, budget=True, favour=0.02,
+                        edit_format=edit_format) for s in sources]
+    without = [walk(grammar, tokenizer, s, force_target, rng, steps=60, favour=0.02, edit_format=edit_format)
+               for s in sources]
     assert all(text is not None for text in with_budget)
     for source, text in zip(sources, with_budget):
-        verdict = check_completion(source, text)
+        verdict = check_completion(source, text, edit_format)
         assert verdict.valid and (verdict.consistent or not force_target), (source, text)
     assert any(text is None for text in without)
 
