@@ -4,9 +4,9 @@ import pyarrow.dataset as pads
 import pytest
 
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig
-from secondthought.edits import augment, parse
+from secondthought.edits import augment
 from secondthought.examples import Encoder
-from secondthought.formatting import SEP, TGT, completion, prompt
+from secondthought.formatting import EDIT_FORMATS, SEP, TGT, completion, prompt, read_chain
 from secondthought.prepare import run_prepare
 from tests.conftest import SAMPLE, shared_file
 from tests.test_data import STORY
@@ -16,7 +16,8 @@ def read_split(out, split):
     return pads.dataset(out / "data" / split, format="parquet").to_table().to_pylist()
 
 
-def test_prepare_reconciles_every_row_and_writes_checkable_examples(ray_local, tmp_path, tokenizer):
+@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
+def test_prepare_reconciles_every_row_and_writes_checkable_examples(ray_local, tmp_path, tokenizer, edit_format):
     path = tmp_path / "stories.jsonl"
     good = [{**STORY, "ID": f"g{i}", "moral_action": f"Ann walks around dog number {i}."} for i in range(40)]
     bad = [b'{"broken', json.dumps({**STORY, "ID": "nomoral", "moral_action": None}).encode(), b"\xff\xfe"]
@@ -24,7 +25,9 @@ def test_prepare_reconciles_every_row_and_writes_checkable_examples(ray_local, t
                                 + [json.dumps(r).encode() for r in good[20:]]) + b"\n")
     out = tmp_path / "prepared"
     manifest = run_prepare(DataConfig(dataset="moral-stories", input=[str(path)], eval_fraction=0.2, test_fraction=0.2),
-                           PrepareConfig(records_per_block=8, reverse=True), RayConfig(), out, progress=False)
+                           PrepareConfig(records_per_block=8, reverse=True, edit_format=edit_format), RayConfig(), out,
+                           progress=False)
+    assert manifest["edit_format"] == edit_format
     assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"]) == (43, 40, 3)
     assert manifest["quarantine_reasons"] == {"missing field 'moral_action'": 1, "undecodable bytes (not UTF-8) at byte 0": 1,
                                               "malformed JSON: Unterminated string starting at (column 2)": 1}
@@ -37,7 +40,8 @@ def test_prepare_reconciles_every_row_and_writes_checkable_examples(ray_local, t
     assert {r["direction"] for r in rows} == {"forward", "reverse"}
     assert sum(manifest["chain_length"]["histogram"].values()) == len(rows)
     for row in rows:
-        assert parse(row["chain"]).apply(row["source"]) == row["target"]
+        assert read_chain(row["chain"], row["source"], edit_format).apply(row["source"]) == row["target"]
+        assert row["chain"].startswith(("<|", " replace", " insert", " delete")[0 if edit_format == "tokens" else 1:])
         text = tokenizer.decode(row["input_ids"])
         assert text == prompt(row["context"], row["source"]) + completion(row["chain"], row["target"]) + tokenizer.eos_token
         assert tokenizer.decode(row["input_ids"][: row["prompt_len"]]).endswith(SEP)
@@ -65,14 +69,16 @@ def test_prepare_real_moral_stories_and_too_long_rows(ray_local, tmp_path):
     assert len(lines) == manifest["rows_quarantined"]
 
 
+@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
 @pytest.mark.parametrize("source", ["bundled sample", "moral stories dev"])
-def test_fast_encoding_equals_tokenizing_the_whole_text(tokenizer, source):
-    encoder = Encoder(tokenizer)
+def test_fast_encoding_equals_tokenizing_the_whole_text(tokenizer, source, edit_format):
+    encoder = Encoder(tokenizer, edit_format)
     assert encoder.by_pieces
     path = SAMPLE if source == "bundled sample" else shared_file("moral_stories", "dev.jsonl")
     with open(path) as f:
         rows = [json.loads(line) for line in f]
     rows.append({"norm": "", "immoral_action": "  odd\twhite  space ", "moral_action": "odd white\nspace"})
+    rows.append({"norm": "Say it.", "immoral_action": 'He said "no" \\ twice.', "moral_action": 'He said "yes" twice.'})
     items = [(r["norm"], source, target, chain)
              for r in rows
              for source, target in [(r["immoral_action"], r["moral_action"]), (r["moral_action"], r["immoral_action"])]
