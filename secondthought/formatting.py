@@ -36,6 +36,13 @@ def read_chain(text: str, source: str, edit_format: str) -> EditChain:
     return edit_words.read(text, source) if edit_format == "words" else parse(text)
 
 
+def continued(chain_text: str, edit_format: str) -> str:
+    """A corrected first part of a chain as the text a model continues. In words it stops before its closing
+    quote: the tokenizer writes a quote and what follows it as one token (``";``), so a prompt that ends on a
+    lone quote is one the model never saw; it writes the quote itself."""
+    return chain_text.removesuffix('"') if edit_format == "words" else chain_text
+
+
 def prompt(context: str, source: str) -> str:
     return f"{context}{SRC}{source}{SEP}"
 

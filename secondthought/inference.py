@@ -228,7 +228,7 @@ class Policy:
         if not self.info.writes_chains:
             raise ValueError("constrained decoding is for a model that writes chains of edits; this one writes targets "
                              "only")
-        return self.grammar.constraints(sources, how, prefixes)
+        return self.grammar.constraints(sources, how, prefixes, self.info.edit_format)
 
     def sample(self, prompts: Sequence[Sequence[int]], params: SamplingParams, seed: int = 0,
                done: Optional[Callable[[int], None]] = None,

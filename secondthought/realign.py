@@ -23,7 +23,7 @@ from secondthought.edits import (
     parse,
     serialize,
 )
-from secondthought.formatting import check_completion, prompt, read_chain, split_completion, write_chain
+from secondthought.formatting import check_completion, continued, prompt, read_chain, split_completion, write_chain
 
 
 class ApiError(Exception):
@@ -64,6 +64,8 @@ class RealignJob:
     sampling: Sampling
     edit_format: str = "tokens"
     """How the model writes chains (formatting.EDIT_FORMATS)."""
+    given: tuple[Edit, ...] = ()
+    """The corrected first edits themselves."""
 
 
 @dataclass(frozen=True)
@@ -157,9 +159,9 @@ def realign_job(req: RealignRequest, cfg: ServeConfig, writes_chains: bool, edit
                        "this model writes targets only (no chains of edits): it cannot continue a chain")
     applied(prefix, req.text, "edits" if req.chain is None else "chain")
     g = req.generation
-    prefix_text = write_chain(prefix, req.text, edit_format) if prefix.edits else ""
+    prefix_text = continued(write_chain(prefix, req.text, edit_format), edit_format) if prefix.edits else ""
     return RealignJob(prompt(req.context, req.text) + prefix_text, req.text, prefix_text,
-                      _sampling(g.max_tokens, g.temperature, g.top_p, g.top_k, g.seed, cfg), edit_format)
+                      _sampling(g.max_tokens, g.temperature, g.top_p, g.top_k, g.seed, cfg), edit_format, prefix.edits)
 
 
 def realign_answer(job: RealignJob, completion: str, writes_chains: bool, model: str, prompt_tokens: int,
@@ -182,7 +184,7 @@ def realign_answer(job: RealignJob, completion: str, writes_chains: bool, model:
         chain = read_chain(part.chain_text, job.source, job.edit_format)
         written = serialize(chain)
     except EditError:  # what the model wrote after the user's edits does not parse (or place): keep theirs
-        chain, written = read_chain(job.prefix, job.source, job.edit_format), part.chain_text
+        chain, written = EditChain(job.given), part.chain_text
     result = chain.apply(job.source) if verdict.applies else None
     return dict(edits=views(chain), chain=written, explanation=decipher(chain), result=result,
                 target=part.target, applies=verdict.applies, consistent=verdict.consistent, valid=verdict.valid,

@@ -46,3 +46,11 @@ def memorized(tokenizer, tmp_path_factory):
     from tests.memorized import memorized_model
 
     return memorized_model(tokenizer, tmp_path_factory.mktemp("memorized") / "model")
+
+
+@pytest.fixture(scope="session")
+def memorized_words(tokenizer, tmp_path_factory):
+    """The same, with its chains written in words (--prepare.edit_format words)."""
+    from tests.memorized import memorized_model
+
+    return memorized_model(tokenizer, tmp_path_factory.mktemp("memorized-words") / "model", edit_format="words")

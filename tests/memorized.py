@@ -19,13 +19,21 @@ CORRECTION = ("waits her turn and", "waits patiently and")
 """A user's correction of the first triple's first edit, which the model also learns to continue after."""
 
 
-def memorized_model(tokenizer, dest: Path, steps: int = 100, seed: int = 0) -> Path:
+def first_edit(source: str, target: str, edit_format: str) -> str:
+    """The first edit of the chain from ``source`` to ``target``, written in ``edit_format``."""
+    from secondthought.edits import EditChain, compute_edits
+    from secondthought.formatting import write_chain
+
+    return write_chain(EditChain(compute_edits(source, target).edits[:1]), source, edit_format)
+
+
+def memorized_model(tokenizer, dest: Path, steps: int = 100, seed: int = 0, edit_format: str = "tokens") -> Path:
     """tiny-llama trained on the first sample triple until greedy decoding writes its chain and target, and the
     same after the corrected first edit (so regenerating after a correction has one right answer)."""
     import torch
 
-    from secondthought.edits import compute_edits, serialize
-    from secondthought.formatting import completion, prompt
+    from secondthought.edits import compute_edits
+    from secondthought.formatting import completion, prompt, write_chain
     from secondthought.models import build_base_model, load_model
     from secondthought.runs import ModelInfo, write_model_info
 
@@ -34,7 +42,7 @@ def memorized_model(tokenizer, dest: Path, steps: int = 100, seed: int = 0) -> P
     context, source, target = triples(1)[0]
     corrected = target.replace(*CORRECTION)
     # the original twice: greedy decoding then writes it (p ~ 2/3) unless the prefix says otherwise
-    texts = [prompt(context, source) + completion(serialize(compute_edits(source, t)), t)
+    texts = [prompt(context, source) + completion(write_chain(compute_edits(source, t), source, edit_format), t)
              for t in (target, target, corrected)]
     rows = [tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for text in texts]
     torch.manual_seed(seed)
@@ -49,5 +57,5 @@ def memorized_model(tokenizer, dest: Path, steps: int = 100, seed: int = 0) -> P
             optimizer.zero_grad()
     model.eval()
     model.save_pretrained(dest)
-    write_model_info(dest, ModelInfo(stage="sft", base_model="tiny-llama"))
+    write_model_info(dest, ModelInfo(stage="sft", base_model="tiny-llama", edit_format=edit_format))
     return dest

@@ -10,11 +10,17 @@ import torch
 
 from secondthought.constrained import ChainConstraint, ChainGrammar, Constrain
 from secondthought.edits import compute_edits, serialize
-from secondthought.formatting import EDIT_FORMATS, TGT, check_completion, completion, prompt, write_chain
+from secondthought.formatting import EDIT_FORMATS, TGT, check_completion, completion, continued, prompt, write_chain
 from secondthought.inference import Policy, SamplingParams, completion_text
 
 from tests.conftest import shared_file
-from tests.memorized import CORRECTION, triples
+from tests.memorized import CORRECTION, first_edit, triples
+
+
+@pytest.fixture(params=EDIT_FORMATS)
+def memorized_any(request):
+    """The memorized model, once per edit format."""
+    return request.getfixturevalue("memorized" if request.param == "tokens" else "memorized_words"), request.param
 
 
 @pytest.fixture(scope="module")
@@ -165,25 +171,27 @@ def test_a_model_decoded_under_the_constraint_writes_only_allowed_tokens(tiny, t
     assert all(o.text.startswith(("<|ins|>", "<|del|>", "<|rep|>")) for o in constrained)
 
 
-def test_constrained_greedy_keeps_a_valid_chain_the_model_writes_and_continues_a_corrected_prefix(memorized,
+def test_constrained_greedy_keeps_a_valid_chain_the_model_writes_and_continues_a_corrected_prefix(memorized_any,
                                                                                                     tokenizer):
+    memorized, edit_format = memorized_any
     policy = Policy.load(memorized)
+    assert policy.info.edit_format == edit_format
     context, source, target = triples(1)[0]
     ids = [tokenizer(prompt(context, source), add_special_tokens=False).input_ids]
-    params = SamplingParams(max_new_tokens=80, temperature=0)
+    params = SamplingParams(max_new_tokens=120, temperature=0)  # room: a row short of tokens closes early
     free = policy.complete(ids, [source], params)[0]
     for force in (False, True):
         out = policy.complete(ids, [source], params, constrain=Constrain(force_target=force))[0]
         assert out.text == free.text and out.verdict.consistent
-    prefix = serialize(compute_edits(source, target.replace(*CORRECTION))).split(" <|")[0]
+    prefix = continued(first_edit(source, target.replace(*CORRECTION), edit_format), edit_format)
     ids = [tokenizer(prompt(context, source) + prefix, add_special_tokens=False).input_ids]
     constraints = policy.constraints([source], Constrain(force_target=True), [prefix])
     written = completion_text(tokenizer, policy.sample(ids, params, constraints=constraints)[0])
-    assert check_completion(source, prefix + written).consistent
+    assert check_completion(source, prefix + written, edit_format).consistent
     assert target.replace(*CORRECTION) == (prefix + written).split(TGT)[1]
 
 
-def test_served_answers_apply_under_the_default_constrained_decoding_where_free_ones_do_not(memorized):
+def test_served_answers_apply_under_the_default_constrained_decoding_where_free_ones_do_not(memorized_any):
     """The memorized model writes its chain for any similar text: with a word put in front, its free chain points
     at the wrong words; the server's default (constrained, target forced) answers a chain that applies."""
     from secondthought.api import RealignRequest
@@ -191,12 +199,15 @@ def test_served_answers_apply_under_the_default_constrained_decoding_where_free_
     from secondthought.engine import Engine
     from secondthought.realign import realign_job
 
+    memorized, edit_format = memorized_any
     context, source, _ = triples(1)[0]
-    request = RealignRequest(context=context, text="Today " + source)
+    # tokens: word numbers shift by one; words: the removed words are still there, so the chain needs other text
+    request = RealignRequest(context=context, text=("Today " + source) if edit_format == "tokens" else
+                             source.replace("shoves", "pushes"))
     answers = {}
     for decoding in ("free", "constrained"):
         cfg = ServeConfig(model=str(memorized), decoding=decoding)
-        answers[decoding] = Engine(cfg).realign([realign_job(request, cfg, writes_chains=True)])[0]
+        answers[decoding] = Engine(cfg).realign([realign_job(request, cfg, True, edit_format)])[0]
     assert not answers["free"]["applies"] and answers["free"]["result"] is None
     constrained = answers["constrained"]
     assert constrained["applies"] and constrained["valid"] and constrained["consistent"]

@@ -65,6 +65,18 @@ def test_a_prefix_is_part_of_the_chain_and_kept_when_the_rest_does_not_parse():
     assert [e["new"] for e in broken["edits"]] == [" pets"] and not broken["applies"]
 
 
+def test_a_model_that_writes_words_gets_the_prefix_in_words_and_answers_the_chain_serialized():
+    j = realign_job(RealignRequest(text=SOURCE, chain="<|rep|> 1 kicks <|with|> pets"), CFG, True, "words")
+    assert j.prompt == prompt("", SOURCE) + ' replace "kicks" with "pets'  # the model writes the quote (and ";)
+    whole = realign_answer(j, f'"; replace "hard." with "gently."{TGT}{TARGET}', True, "m", 1, 1)
+    assert whole["result"] == TARGET and whole["consistent"] and whole["valid"]
+    assert whole["chain"] == serialize(compute_edits(SOURCE, TARGET))  # as a client sends it back
+    assert whole["explanation"].startswith('replace "kicks" with "pets" (word 2)')
+    wrong = realign_answer(j, f'"; delete "softly"{TGT}Tom pets the dog.', True, "m", 1, 1)
+    assert not wrong["applies"] and "'softly' is not in the source" in wrong["problem"]
+    assert [e["new"] for e in wrong["edits"]] == [" pets"] and wrong["result"] is None
+
+
 def test_a_targets_only_model_shows_its_change_as_edits_from_the_diff():
     j = realign_job(RealignRequest(text=SOURCE), CFG, writes_chains=False)
     answer = realign_answer(j, f"{TGT}{TARGET}", False, "m", 1, 1)
