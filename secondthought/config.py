@@ -238,6 +238,12 @@ class RLConfig(EngineConfig):
     """Sample from the k most likely tokens (0: all)."""
     top_p: float = 1.0
     """Nucleus sampling (1: off)."""
+    decoding: str = "free"
+    """free, or constrained: rollouts write only chains that fit their source (secondthought.constrained); the
+    learner and the reference then score every token under the mask it was sampled with (PPO ratio and KL of the
+    distribution sampled from)."""
+    force_target: bool = False
+    """Constrained rollouts: also force the target to the chain's result (its tokens then carry no choice)."""
     rollout_workers: int = 2
     """Actors that generate, each with a copy of the policy."""
     rollout_batch_size: int = 16
@@ -321,6 +327,7 @@ class RLConfig(EngineConfig):
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"--rl.top_p must be in (0, 1], got {self.top_p}")
         _choice("--rl.kl_estimator", self.kl_estimator, ("k1", "k2", "k3"))
+        _choice("--rl.decoding", self.decoding, ("free", "constrained"))
         if self.reward not in ("adversarial", "validity") and ":" not in self.reward:
             raise ConfigError(f"--rl.reward must be adversarial, validity or module:function, got {self.reward!r}")
         per_learner, rest = divmod(self.minibatch_size, self.learner_workers)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 
 from secondthought.edits import DEL, INS, REP, WITH, Edit, EditChain, count_units, join_units, split_units
@@ -187,6 +188,8 @@ class ChainConstraint:
         self.units = split_units(source)
         self._result_tokens: dict[tuple[Edit, ...], int] = {}
         self.items: list = self._markers(())
+        self.record: Optional[list] = None
+        """Set to a list, every mask is kept in it, bits packed (RL: the learner scores under the same masks)."""
         if prefix:
             self.feed_text(prefix)
 
@@ -397,6 +400,8 @@ class ChainConstraint:
                 ids += list(self._free_specials(item))
         if ids:
             mask[torch.tensor(ids, dtype=torch.long)] = True
+        if self.record is not None:
+            self.record.append(np.packbits(mask.numpy()))
         return mask
 
 

@@ -5,6 +5,7 @@ under the constraint writes only allowed tokens."""
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -169,6 +170,35 @@ def test_a_model_decoded_under_the_constraint_writes_only_allowed_tokens(tiny, t
             assert check.mask(tiny.grammar.table.size)[token]
             check.advance(token)
     assert all(o.text.startswith(("<|ins|>", "<|del|>", "<|rep|>")) for o in constrained)
+
+
+def test_recorded_masks_line_up_with_the_tokens_written_and_score_them_as_sampled(tiny, tokenizer):
+    """RL's constrained rollouts: each step's mask is recorded with the token written under it, and the learner's
+    restricted log-probabilities give every written token (and only allowed ones) its probability."""
+    from secondthought.rl.actors import completion_logits
+    from secondthought.rl.experience import Sample, collate
+
+    rows = triples(4)
+    prompts = [tokenizer(prompt(c, s), add_special_tokens=False).input_ids for c, s, _ in rows]
+    constraints = tiny.constraints([s for _, s, _ in rows], Constrain())
+    for c in constraints:
+        c.record = []
+    params = SamplingParams(max_new_tokens=20, temperature=1.0, batch_size=4)
+    completions = tiny.sample(prompts, params, seed=3, constraints=constraints)
+    samples = []
+    for ids, c, p in zip(completions, constraints, prompts):
+        assert len(c.record) == len(ids)
+        masks = np.unpackbits(np.stack(c.record), axis=-1, count=tiny.model.config.vocab_size).astype(bool)
+        assert all(masks[k, token] for k, token in enumerate(ids)) and not masks[0].all()
+        samples.append(Sample(p, ids, allowed=np.stack(c.record)))
+    tb = collate(samples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits, _ = completion_logits(tiny.model, tb, "cpu", samples)
+    logp = torch.log_softmax(logits.float(), -1)
+    written = logp.gather(-1, torch.from_numpy(tb.completion_ids).unsqueeze(-1)).squeeze(-1)
+    real = torch.from_numpy(tb.completion_mask).bool()
+    assert bool((written[real] > -50).all())  # every written token was allowed where the learner scores it
+    assert bool((logp[real].exp().sum(-1) - 1).abs().max() < 1e-4)
 
 
 def test_constrained_greedy_keeps_a_valid_chain_the_model_writes_and_continues_a_corrected_prefix(memorized_any,

@@ -77,6 +77,21 @@ def test_the_discriminator_warm_starts_and_is_checked_on_pairs_it_never_learns_f
     assert summary["discriminator"]["disc_heldout_accuracy"] == rows[2]["disc_heldout_accuracy"]
 
 
+def test_constrained_rollouts_write_only_chains_that_apply_and_are_scored_under_their_masks(prepared, policy, tmp_path):
+    """An untrained policy's free chains never apply (validity -1); constrained, every rollout's chain applies to
+    its source, and the first iteration's KL to the reference is 0: both score under the rollout's masks."""
+    cfg = RLConfig(**dict(FAST, max_new_tokens=40), iterations=2, reward="validity", decoding="constrained",
+                   checkpoint_every=2)
+    out = tmp_path / "rl"
+    run_rl(prepared, policy, cfg, RayConfig(), out)
+    rows = read_metrics(out / "metrics.jsonl", "iteration")
+    assert all(row["validity"] >= 0 for row in rows.values()), rows  # 0 or 1 a sample: never a broken chain
+    assert rows[1]["kl"] == pytest.approx(0.0, abs=1e-4)
+    assert all(np.isfinite(row[name]) for row in rows.values() for name in ("kl", "entropy", "pg_loss", "approx_kl"))
+    with pytest.raises(ConfigError, match="--rl.decoding"):
+        RLConfig(decoding="beam")
+
+
 @pytest.mark.slow  # seven RL runs, about 6 minutes on 2 cores
 def test_dead_actors_and_resume_leave_the_run_as_if_nothing_happened(prepared, policy, tmp_path, capfd):
     cfg = dict(FAST, discriminator="tiny-bert", checkpoint_every=2, lr=1e-3)

@@ -81,6 +81,25 @@ def test_entropy_and_logprobs():
     assert float(ppo.logprobs_of(skewed, T([[0]]), temperature=2.0)) == pytest.approx(-math.log(1 + math.exp(-1)))
 
 
+def test_restricted_logprobs_are_those_of_the_allowed_tokens_only():
+    from secondthought.rl.experience import Sample, allowed_batch
+
+    logits = torch.randn(1, 2, 6)
+    allowed = torch.tensor([[[True, False, True, False, False, False], [True] * 6]])
+    restricted = ppo.restrict(logits, allowed)
+    subset = torch.log_softmax(logits[0, 0, [0, 2]], dim=-1)
+    assert float(ppo.logprobs_of(restricted, T([[2, 3]]))[0, 0]) == pytest.approx(float(subset[1]), abs=1e-6)
+    assert float(ppo.logprobs_of(restricted, T([[2, 3]]))[0, 1]) == pytest.approx(
+        float(torch.log_softmax(logits[0, 1], -1)[3]), abs=1e-6)  # a step that allowed everything: as free
+    entropy = ppo.entropy_from_logits(restricted)
+    assert float(entropy[0, 0]) == pytest.approx(float(-(subset.exp() * subset).sum()), abs=1e-6)
+    assert ppo.restrict(logits, None) is logits
+    packed = np.packbits(allowed[0, :1].numpy(), axis=-1)
+    batch = allowed_batch([Sample([1], [5], allowed=packed), Sample([1], [5, 6], allowed=packed)], 3, 6)
+    assert batch.shape == (2, 3, 6) and batch[0, 0].tolist() == allowed[0, 0].tolist() and batch[0, 1:].all()
+    assert allowed_batch([Sample([1], [5])], 1, 6) is None
+
+
 def test_adaptive_kl_controller():
     ctl = ppo.AdaptiveKLController(0.1, target=6.0, horizon=10000)
     assert ctl.update(12.0, 1000) == pytest.approx(0.1 * 1.02)  # error clipped at +0.2

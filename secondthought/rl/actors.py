@@ -16,7 +16,7 @@ import numpy as np
 import ray
 
 from secondthought import rendezvous
-from secondthought.rl.experience import Sample, TokenBatch, collate, padded
+from secondthought.rl.experience import Sample, TokenBatch, allowed_batch, collate, padded
 from secondthought.training import engine_config, inject_fault
 
 
@@ -44,10 +44,21 @@ def _tensors(tb: TokenBatch, device) -> dict:
             for name in ("input_ids", "attention_mask", "position_ids")}
 
 
-def completion_logits(lm, tb: TokenBatch, device):
-    """Logits that predict each completion token, and the hidden states they come from: [n, T, ...]."""
+def completion_logits(lm, tb: TokenBatch, device, samples: list[Sample]):
+    """Logits that predict each completion token (restricted to what a constrained rollout allowed), and the
+    hidden states they come from: [n, T, ...]."""
+    from secondthought.rl.ppo import restrict
+
     hidden = lm.base_model(**_tensors(tb, device)).last_hidden_state[:, tb.prompt_width - 1 : -1]
-    return lm.get_output_embeddings()(hidden), hidden
+    logits = lm.get_output_embeddings()(hidden)
+    allowed = allowed_batch(samples, logits.shape[1], logits.shape[-1])
+    return restrict(logits, None if allowed is None else torch_bool(allowed, device)), hidden
+
+
+def torch_bool(array: np.ndarray, device):
+    import torch
+
+    return torch.from_numpy(array).to(device)
 
 
 def _policy_with_value(lm):
@@ -63,8 +74,8 @@ def _policy_with_value(lm):
             torch.nn.init.zeros_(self.value_head.weight)
             torch.nn.init.zeros_(self.value_head.bias)
 
-        def forward(self, tb: TokenBatch, device):
-            logits, hidden = completion_logits(self.lm, tb, device)
+        def forward(self, tb: TokenBatch, device, samples: list[Sample]):
+            logits, hidden = completion_logits(self.lm, tb, device, samples)
             return logits, self.value_head(hidden).squeeze(-1)
 
     return PolicyWithValue()
@@ -74,12 +85,15 @@ def _policy_with_value(lm):
 class RolloutWorker:
     """A policy copy that samples completions; its weights carry the learner's version number."""
 
-    def __init__(self, policy_dir: str, sampling: dict, threads: int, use_gpu: bool, index: int, fault: Fault = None):
+    def __init__(self, policy_dir: str, sampling: dict, threads: int, use_gpu: bool, index: int, fault: Fault = None,
+                 constrain=None):
         from secondthought.inference import Policy, SamplingParams
 
         device = _setup_torch(threads, use_gpu)
         self.policy = Policy.load(policy_dir, device)
         self.params = SamplingParams(**sampling)
+        self.constrain = constrain
+        """A Constrain: decode constrained to each prompt's source and record the masks (None: free)."""
         self.version = None  # weights as loaded: the driver always sends a version before the first rollout
         self.index, self.fault = index, fault
 
@@ -88,15 +102,25 @@ class RolloutWorker:
         self.version = version
         return version
 
-    def generate(self, version: int, prompts: list[list[int]], seed: int, iteration: int) -> dict:
+    def generate(self, version: int, prompts: list[list[int]], seed: int, iteration: int,
+                 sources: list[str] | None = None) -> dict:
+        """Completions of the prompts; constrained, also the masks each step allowed (packed bits)."""
         import time
 
         if self.version != version:
             raise RuntimeError(f"rollout worker {self.index} holds weights v{self.version}, asked for v{version}")
         _maybe_fail(self.fault, iteration)
         started = time.time()
-        completions = self.policy.sample(prompts, self.params, seed)
-        return {"completions": completions, "seconds": time.time() - started, "version": self.version}
+        constraints = None
+        if self.constrain is not None:
+            constraints = self.policy.constraints(sources, self.constrain)
+            for c in constraints:
+                c.record = []
+        completions = self.policy.sample(prompts, self.params, seed, constraints=constraints)
+        allowed = [np.stack(c.record) if c.record else np.zeros((0, 0), np.uint8) for c in constraints] \
+            if constraints is not None else None
+        return {"completions": completions, "allowed": allowed, "seconds": time.time() - started,
+                "version": self.version}
 
 
 @ray.remote
@@ -122,7 +146,7 @@ class Reference:
             for start in range(0, len(samples), self.micro):
                 part = samples[start : start + self.micro]
                 tb = collate(part, self.model.config.pad_token_id)
-                logits, _ = completion_logits(self.model, tb, self.device)
+                logits, _ = completion_logits(self.model, tb, self.device, part)
                 logp = logprobs_of(logits, torch.from_numpy(tb.completion_ids).to(self.device), self.temperature)
                 out += [row[: len(s.completion_ids)] for row, s in zip(logp.cpu().numpy(), part)]
         return out
@@ -223,7 +247,7 @@ class Learner:
             for start in range(0, len(samples), self.cfg.micro_batch_size):
                 part = samples[start : start + self.cfg.micro_batch_size]
                 tb = collate(part, self.pad_id)
-                logits, value = self.engine(tb, self.device)
+                logits, value = self.engine(tb, self.device, part)
                 logp = logprobs_of(logits, torch.from_numpy(tb.completion_ids).to(self.device), self.cfg.temperature)
                 logprobs += [row[: len(s.completion_ids)] for row, s in zip(logp.cpu().numpy(), part)]
                 values += [row[: len(s.completion_ids)] for row, s in zip(value.float().cpu().numpy(), part)]
@@ -253,7 +277,7 @@ class Learner:
                         torch.from_numpy(padded([getattr(s, name) for s in part], width)).to(self.device)
                         for name in ("logprobs", "advantages", "returns", "values"))
                     mask = torch.from_numpy(tb.completion_mask).to(self.device).float()
-                    logits, values = self.engine(tb, self.device)
+                    logits, values = self.engine(tb, self.device, part)
                     logp = ppo.logprobs_of(logits, torch.from_numpy(tb.completion_ids).to(self.device), cfg.temperature)
                     pg_loss, clip_fraction, approx_kl = ppo.policy_loss(logp, old_logp, advantages, mask, cfg.clip)
                     vf_loss = ppo.value_loss(values.float(), old_values, returns, mask, cfg.value_clip)

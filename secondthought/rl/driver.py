@@ -21,6 +21,7 @@ from ray.exceptions import RayActorError
 
 from secondthought import console
 from secondthought.config import ConfigError, RayConfig, RLConfig
+from secondthought.constrained import Constrain
 from secondthought.inference import completion_text
 from secondthought.rl import ppo
 from secondthought.rl.actors import Discriminator, Learner, Reference, RolloutWorker
@@ -81,7 +82,9 @@ class RLRun:
         restartable = {"max_restarts": cfg.max_restarts, "max_task_retries": 0}
         self.rollouts = ActorGroup.spawn(
             RolloutWorker, "rollout", cfg.rollout_workers, self.placement,
-            lambda k, threads: (policy, sampling, threads, cfg.use_gpu, k, fault("rollout", k)), **restartable)
+            lambda k, threads: (policy, sampling, threads, cfg.use_gpu, k, fault("rollout", k),
+                                Constrain(cfg.force_target) if cfg.decoding == "constrained" else None),
+            **restartable)
         self.reference = ActorGroup.spawn(
             Reference, "reference", 1, self.placement,
             lambda k, threads: (policy, threads, cfg.use_gpu, cfg.temperature, cfg.micro_batch_size,
@@ -115,19 +118,22 @@ class RLRun:
 
         def run(k: int) -> dict:
             worker, prompts = self.rollouts[k], [self.prompts.prompt_ids[i] for i in parts[k]]
+            sources = [self.prompts.source[i] for i in parts[k]]
             seed = cfg.seed * 1_000_003 + iteration * 1009 + k
 
             def submit(attempt: int):
                 if attempt:  # a restarted worker holds the initial weights: send the current ones first
                     worker.set_weights.remote(self.version, self.weights)
-                return worker.generate.remote(self.version, prompts, seed, iteration)
+                return worker.generate.remote(self.version, prompts, seed, iteration, sources)
 
             return retrying(f"rollout worker {k}", submit, cfg.max_restarts)
 
         with ThreadPoolExecutor(len(self.rollouts)) as pool:
             results = list(pool.map(run, range(len(self.rollouts))))
-        samples = [Sample(self.prompts.prompt_ids[i], completion, index=i)
-                   for part, result in zip(parts, results) for i, completion in zip(part, result["completions"])]
+        samples = [Sample(self.prompts.prompt_ids[i], completion, index=i,
+                          allowed=result["allowed"][j] if result["allowed"] is not None else None)
+                   for part, result in zip(parts, results) for j, (i, completion) in enumerate(zip(part,
+                                                                                               result["completions"]))]
         return samples, max(r["seconds"] for r in results)
 
     def score(self, samples: list[Sample]) -> tuple[np.ndarray, dict, list[Scored]]:

@@ -27,6 +27,8 @@ class Sample:
     values: np.ndarray | None = None
     advantages: np.ndarray | None = None
     returns: np.ndarray | None = None
+    allowed: np.ndarray | None = None
+    """Constrained rollouts: the tokens the constraint allowed at each step, bits packed ([len, ceil(V / 8)])."""
 
 
 @dataclass(frozen=True)
@@ -74,3 +76,15 @@ def shards(items: Sequence, n: int) -> list[list]:
     """``n`` contiguous shards whose sizes differ by at most one."""
     bounds = np.linspace(0, len(items), n + 1).round().astype(int)
     return [list(items[bounds[i] : bounds[i + 1]]) for i in range(n)]
+
+
+def allowed_batch(samples: Sequence[Sample], width: int, vocab: int) -> np.ndarray | None:
+    """[n, width, vocab] bool: each sample's allowed tokens per completion step (padding allows every token);
+    None when the samples were decoded freely."""
+    if all(s.allowed is None for s in samples):
+        return None
+    out = np.ones((len(samples), max(width, 1), vocab), dtype=bool)
+    for k, s in enumerate(samples):
+        if s.allowed is not None and len(s.allowed):
+            out[k, : len(s.allowed)] = np.unpackbits(s.allowed, axis=-1, count=vocab).astype(bool)
+    return out

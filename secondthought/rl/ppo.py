@@ -100,6 +100,17 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return 0.5 * masked_mean(loss, mask)
 
 
+MASKED = -1e9
+"""The logit of a token the constraint did not allow (finite: its probability is 0 and entropy stays defined)."""
+
+
+def restrict(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """Logits of a decoding constrained to the source: tokens outside ``allowed`` ([n, T, V] bool, as the rollout
+    recorded it) get none of the probability, so the PPO ratio and the KL are those of the distribution sampled
+    from (else the update would be silently off-policy). None: free decoding, the logits as they are."""
+    return logits if allowed is None else logits.float().masked_fill(~allowed, MASKED)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the categorical distribution at each position."""
     logp = torch.log_softmax(logits.float(), dim=-1)
