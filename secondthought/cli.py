@@ -178,10 +178,12 @@ def _humaneval(args: Namespace, s: dict) -> None:
 
 
 def _edits(args: Namespace, s: dict) -> None:
+    from secondthought.edit_words import write
     from secondthought.edits import compute_edits, decipher, serialize
 
     chain = compute_edits(args.source, args.target, tuple(args.costs))
     print(serialize(chain))
+    print(write(chain, args.source).strip())
     print(decipher(chain))
     print(f"cost {chain.cost:g}")
 
@@ -322,7 +324,8 @@ COMMANDS = {
         _humaneval),
     "edits": Command(
         "show the chain of edits between two texts",
-        "Show the chain of edits from SOURCE to TARGET: serialized and in plain English.",
+        "Show the chain of edits from SOURCE to TARGET: as the two edit formats write it (tokens, words) and in "
+        "plain English with word numbers.",
         (),
         (("source", dict(help="the unaligned text")), ("target", dict(help="the aligned text")),
          ("--costs", dict(type=tuple[float, float, float], default=(1, 1, 1),

@@ -32,7 +32,8 @@ def test_stage_help_explains_every_option(capsys):
 def test_edits_command(capsys):
     assert run(["edits", "Tom shoves people", "Tom asks people"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines == ["<|rep|> 1 shoves <|with|> asks", 'replace "shoves" with "asks" (word 2)', "cost 1"]
+    assert lines == ["<|rep|> 1 shoves <|with|> asks", 'replace "shoves" with "asks"',
+                     'replace "shoves" with "asks" (word 2)', "cost 1"]
 
 
 def test_invalid_config_exits_2_naming_the_flag(capsys, tmp_path):

@@ -149,6 +149,35 @@ def test_positions_go_forward_removed_text_is_the_sources_and_no_op_chains_canno
     assert forced.mask(width).nonzero().squeeze(-1).tolist() == tokenizer("c b", add_special_tokens=False).input_ids[:1]
 
 
+def test_in_words_removed_text_and_anchors_are_the_sources_and_land_where_read_puts_them(grammar, tokenizer):
+    table = grammar.table
+    width, tgt = table.size, table.special[TGT]
+
+    def allows(constraint, text: str) -> bool:
+        try:
+            probe = grammar.constraints([constraint.source], Constrain(constraint.force_target), [text], "words")[0]
+        except ValueError:
+            return False
+        return bool(probe.mask(width).any())
+
+    source = "the cat saw the dog"
+    start = grammar.constraints([source], Constrain(force_target=True), edit_format="words")[0]
+    assert allows(start, ' replace "the dog" with "a')
+    assert not allows(start, ' replace "the bird')  # not the source's words
+    assert not allows(start, ' replace "the" after "dog')  # no "the" follows "dog"
+    assert allows(start, ' replace "the" after "saw" with "a"') and allows(start, ' delete "cat saw"')
+    assert not allows(start, ' delete "dog"; delete "cat')  # behind the cursor
+    assert allows(start, ' insert "big" before "dog"') and allows(start, ' insert "!" at the end')
+    forced = grammar.constraints([source], Constrain(force_target=True), [' replace "the" after "saw" with "a"'],
+                                 "words")[0]
+    assert forced.mask(width)[tgt]
+    forced.advance(tgt)
+    assert forced.mask(width).nonzero().squeeze(-1).tolist() == tokenizer("the cat saw a dog",
+                                                                          add_special_tokens=False).input_ids[:1]
+    same = grammar.constraints([source], Constrain(), [' replace "cat" with "cat"'], "words")[0]
+    assert not same.mask(width)[tgt]  # changes nothing: no target yet
+
+
 @pytest.fixture(scope="module")
 def tiny(tokenizer, tmp_path_factory):
     from secondthought.models import build_base_model
