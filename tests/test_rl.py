@@ -92,6 +92,18 @@ def test_constrained_rollouts_write_only_chains_that_apply_and_are_scored_under_
         RLConfig(decoding="beam")
 
 
+def test_a_policy_that_writes_words_refuses_data_prepared_in_tokens(prepared, policy, tmp_path):
+    import shutil
+
+    from secondthought.runs import ModelInfo, write_model_info
+
+    words = tmp_path / "words-policy"
+    shutil.copytree(policy, words)
+    write_model_info(words, ModelInfo(stage="sft", edit_format="words"))
+    with pytest.raises(ConfigError, match="writes 'words' chains but .* --prepare.edit_format tokens"):
+        run_rl(prepared, words, RLConfig(**FAST), RayConfig(), tmp_path / "rl")
+
+
 @pytest.mark.slow  # seven RL runs, about 6 minutes on 2 cores
 def test_dead_actors_and_resume_leave_the_run_as_if_nothing_happened(prepared, policy, tmp_path, capfd):
     cfg = dict(FAST, discriminator="tiny-bert", checkpoint_every=2, lr=1e-3)
