@@ -56,12 +56,12 @@ def _scan(data: bytes, escape: int) -> tuple[int, int]:
 
 
 def _finishing(table, escape: int) -> list[int]:
-    """Tokens that finish an open escape and go on as plain quoted text (no quote or backslash after it)."""
+    """Tokens that go on with an open escape (finishing it or not) and hold no quote or backslash after it."""
     key = ("finishing", escape)
     if key not in table.memo:
         escaping = set(table.escaping)
         table.memo[key] = [i for i, b in enumerate(table.bytes_of) if b and i not in escaping and min(b) >= 0x20
-                           and b"<|" not in b and _scan(b, escape) == (-1, 0)]
+                           and b"<|" not in b and _scan(b, escape)[0] == -1]
     return table.memo[key]
 
 
