@@ -235,7 +235,7 @@ COMMANDS = {
         "Evaluate systems on the prepared test split: 'copy' (the source) and 'reference' (the human target) "
         "always, plus each model given with --models. Trains the alignment judge (MiniLM) on the training triples "
         "the RL stage never uses and reports its held-out accuracy. Writes out/report.json, out/report.md (table "
-        "with 95%% bootstrap intervals, examples as word diffs), out/metrics.png, out/completions.jsonl.",
+        "with 95% bootstrap intervals, examples as word diffs), out/metrics.png, out/completions.jsonl.",
         ("eval", "ray"),
         (PREPARED,
          ("--models", dict(type=dict[str, str], required=True,
