@@ -39,6 +39,8 @@ def test_edits_command(capsys):
 def test_invalid_config_exits_2_naming_the_flag(capsys, tmp_path):
     assert run(["prepare", "--out", str(tmp_path / "o"), "--data.dataset", "nope"]) == 2
     assert "--data.dataset 'nope' is not known" in capsys.readouterr().err
+    assert run(["prepare", "--out", str(tmp_path / "o"), "--prepare.edit_format", "xml"]) == 2
+    assert "--prepare.edit_format must be tokens or words, got 'xml'" in capsys.readouterr().err
     assert run(["prepare", "--out", str(tmp_path / "o"), "--prepare.cost_sets", "[[1, 0, 1]]"]) == 2
     assert "--prepare.cost_sets" in capsys.readouterr().err
 
