@@ -18,7 +18,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-COLUMNS = ("validity", "consistency", "unchanged", "alignment", "bleu", "rouge_l", "perplexity")
+COLUMNS = ("validity", "consistency", "no_op", "unchanged", "alignment", "bleu", "rouge_l", "perplexity")
 
 
 def row_tokens(prepared, chains: bool) -> tuple[int, float]:

@@ -185,11 +185,13 @@ def system_metrics(name: str, rows: list[EvalRow], texts: list[str], verdicts: l
     unchanged = [t.strip() == r.source.strip() for r, t in zip(rows, texts)]
     metrics["unchanged"] = bootstrap(np.array(unchanged, float), resamples=cfg.bootstrap, seed=cfg.seed)
     if verdicts is not None:
-        # a chain that changes nothing is neither valid nor consistent (it counts under "unchanged")
+        # a chain that changes nothing is neither valid nor consistent (it counts under "no_op")
         metrics["validity"] = bootstrap(np.array([v.valid for v in verdicts], float), resamples=cfg.bootstrap,
                                         seed=cfg.seed)
         metrics["consistency"] = bootstrap(np.array([v.valid and v.consistent for v in verdicts], float),
                                            resamples=cfg.bootstrap, seed=cfg.seed)
+        metrics["no_op"] = bootstrap(np.array([v.no_op for v in verdicts], float), resamples=cfg.bootstrap,
+                                     seed=cfg.seed)
         lengths = np.array([v.n_edits for v in verdicts if v.parses], float)
         metrics["chain_length"] = bootstrap(lengths, resamples=cfg.bootstrap, seed=cfg.seed) if len(lengths) else None
     return {"system": name, "metrics": metrics}
@@ -232,7 +234,7 @@ def _cell(value) -> str:
 
 
 COLUMNS = ("alignment", "win_rate_vs_source", "bleu", "rouge_l", "perplexity", "unchanged", "validity", "consistency",
-           "chain_length")
+           "no_op", "chain_length")
 
 
 def markdown(report: dict, examples: list[dict]) -> str:
@@ -244,7 +246,9 @@ def markdown(report: dict, examples: list[dict]) -> str:
         f"{judge['train_triples']} held-out training triples, **held-out accuracy {judge['held_out_accuracy']:.3f}** "
         f"on {judge['test_pairs']} test actions. Alignment is the judge's probability of aligned (an automatic "
         "judge, not the paper's human 1-7 rating). Each cell: value [95% bootstrap interval]; BLEU is corpus BLEU "
-        "(sacrebleu), ROUGE-L F1 (rouge-score), perplexity of the written text after its context under the base LM. "
+        "(sacrebleu), ROUGE-L F1 (rouge-score), perplexity of the written text after its context under the base LM; "
+        "a chain is valid when it applies to its source and changes it, consistent when its result is also the "
+        "target written after it, no_op when it applies and changes nothing. "
         f"Greedy decoding in {report['precision']}." + (
             f" A system marked {CONSTRAINED} is decoded constrained to its source: only chains that apply to it "
             "(positions in order, removed text forced to the source's own words, at least one change), then "
