@@ -1,6 +1,6 @@
 """``secondthought transfer``: few-shot transfer of a fine-tuned model to another dataset.
 
-The target dataset (e.g. an ETHICS subset) is prepared with the model's tokenizer; for each k in
+The target dataset (e.g. an ETHICS subset) is prepared with the model's tokenizer and edit format; for each k in
 ``--transfer.shots`` the model is fine-tuned on the first k training triples (k = 0: not at all);
 every adapted model is then evaluated on the target dataset's test split (``secondthought eval``).
 A finished step is not redone when the command runs again.
@@ -23,6 +23,7 @@ from secondthought.runs import (
     base_of,
     claim,
     model_folder,
+    read_model_info,
     resolve_out,
     run_once,
     write_json,
@@ -44,9 +45,10 @@ def run_transfer(model: str | Path, data: DataConfig, cfg: TransferConfig, evalu
     prepared, report_dir = PreparedDir(out / "prepared"), ReportDir(out / "eval")
     precision = resolve_precision(cfg.precision)
     with ray_session(ray_cfg, shared=out):
-        manifest = run_once("prepare", prepared.manifest_file, f"{data.dataset} with the model's tokenizer",
+        manifest = run_once("prepare", prepared.manifest_file, f"{data.dataset} with the model's tokenizer and edit format",
                             lambda _: run_prepare(data, PrepareConfig(cost_sets=[(1, 1, 1)], reverse=False,
-                                                                      tokenizer=str(model)),
+                                                                      tokenizer=str(model),
+                                                                      edit_format=read_model_info(model).edit_format),
                                                   ray_cfg, prepared.path, overwrite=True, progress=False))
         systems = {}
         for k in sorted(set(cfg.shots)):
