@@ -45,7 +45,8 @@ def run_transfer(model: str | Path, data: DataConfig, cfg: TransferConfig, evalu
     prepared, report_dir = PreparedDir(out / "prepared"), ReportDir(out / "eval")
     precision = resolve_precision(cfg.precision)
     with ray_session(ray_cfg, shared=out):
-        manifest = run_once("prepare", prepared.manifest_file, f"{data.dataset} with the model's tokenizer and edit format",
+        manifest = run_once("prepare", prepared.manifest_file,
+                            f"{data.dataset} with the model's tokenizer and edit format",
                             lambda _: run_prepare(data, PrepareConfig(cost_sets=[(1, 1, 1)], reverse=False,
                                                                       tokenizer=str(model),
                                                                       edit_format=read_model_info(model).edit_format),
