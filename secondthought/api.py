@@ -77,7 +77,8 @@ class Usage(BaseModel):
 class RealignResponse(BaseModel):
     edits: list[EditOut]
     chain: str
-    """The whole chain, serialized with edit tokens whatever the model writes (its own text when that cannot be read)."""
+    """The whole chain, serialized with edit tokens whatever way the model writes chains (its own text when that
+    cannot be read)."""
     explanation: str
     result: Optional[str]
     """The text with the chain applied (None when the chain does not apply)."""

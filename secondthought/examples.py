@@ -119,7 +119,8 @@ class Encoder:
                 if text not in plain:
                     plain[text] = self.by_pieces and (not text and text is context or bool(_PLAIN.fullmatch(text)))
         fast = [plain[c] and plain[s] and plain[t] for c, s, t, _ in examples]
-        layouts = [self._chain_layout(chain, source) if ok else None for (_, source, _, chain), ok in zip(examples, fast)]
+        layouts = [self._chain_layout(chain, source) if ok else None
+                   for (_, source, _, chain), ok in zip(examples, fast)]
         if len(self.cache) > _CACHE_LIMIT:
             self.cache.clear()
         cache = self.cache

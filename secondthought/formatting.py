@@ -107,4 +107,5 @@ def check_completion(source: str, text: str, edit_format: str = "tokens") -> Ver
     consistent = edited.strip() == part.target.strip()
     if edited.strip() == source.strip():
         return Verdict(True, True, consistent, n_edits, reason="the chain changes nothing", no_op=True)
-    return Verdict(True, True, consistent, n_edits, reason="" if consistent else "target differs from the edited source")
+    return Verdict(True, True, consistent, n_edits,
+                   reason="" if consistent else "target differs from the edited source")
