@@ -86,11 +86,14 @@ class RolloutWorker:
     """A policy copy that samples completions; its weights carry the learner's version number."""
 
     def __init__(self, policy_dir: str, sampling: dict, threads: int, use_gpu: bool, index: int, fault: Fault = None,
-                 constrain=None):
+                 constrain=None, edit_format: str = "tokens"):
+        from dataclasses import replace
+
         from secondthought.inference import Policy, SamplingParams
 
         device = _setup_torch(threads, use_gpu)
         self.policy = Policy.load(policy_dir, device)
+        self.policy.info = replace(self.policy.info, edit_format=edit_format)  # the run's (see driver.edit_format_of)
         self.params = SamplingParams(**sampling)
         self.constrain = constrain
         """A Constrain: decode constrained to each prompt's source and record the masks (None: free)."""

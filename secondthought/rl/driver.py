@@ -37,7 +37,14 @@ from secondthought.rl.reward import (
     reverse_negative,
     validity,
 )
-from secondthought.runs import PreparedDir, TrainingDir, model_folder, read_model_info, write_model_info
+from secondthought.runs import (
+    MODEL_INFO,
+    PreparedDir,
+    TrainingDir,
+    model_folder,
+    read_model_info,
+    write_model_info,
+)
 from secondthought.runtime import ray_session
 from secondthought.tracking import Tracker, figure, label, read_metrics
 from secondthought.training import STATE, newest_checkpoint
@@ -57,7 +64,7 @@ class RLRun:
 
         self.policy, self.cfg, self.run_dir = policy, cfg, run
         self.tokenizer = AutoTokenizer.from_pretrained(policy)
-        self.edit_format = read_model_info(policy).edit_format
+        self.edit_format = edit_format_of(policy, prepared)
         self.prompts: Prompts = load_prompts(prepared)
         # every tenth prompt: the discriminator never learns from its gold and reversed chains (its accuracy there
         # is logged); a prompt table too small for a tenth has none
@@ -83,7 +90,8 @@ class RLRun:
         self.rollouts = ActorGroup.spawn(
             RolloutWorker, "rollout", cfg.rollout_workers, self.placement,
             lambda k, threads: (policy, sampling, threads, cfg.use_gpu, k, fault("rollout", k),
-                                Constrain(cfg.force_target) if cfg.decoding == "constrained" else None),
+                                Constrain(cfg.force_target) if cfg.decoding == "constrained" else None,
+                                self.edit_format),
             **restartable)
         self.reference = ActorGroup.spawn(
             Reference, "reference", 1, self.placement,
@@ -327,15 +335,24 @@ def plot_rewards(rows: dict[int, dict], png: Path) -> None:
         label(bottom, "iteration", "KL (per sequence)")
 
 
+def edit_format_of(policy: Path, prepared: PreparedDir) -> str:
+    """How the run's chains are written: the policy's own way (a model folder of ``sft`` records it), which the
+    prepared data must share; a folder that records none (not trained here) learns the data's."""
+    if not (policy / MODEL_INFO).is_file():
+        return prepared.edit_format
+    info = read_model_info(policy)
+    if info.writes_chains and info.edit_format != prepared.edit_format:
+        raise ConfigError(f"--policy {policy} writes {info.edit_format!r} chains but {prepared.path} was prepared "
+                          f"with --prepare.edit_format {prepared.edit_format}: prepare the data in the policy's way")
+    return info.edit_format
+
+
 def run_rl(prepared: str | Path, policy: str | Path, cfg: RLConfig, ray_cfg: RayConfig, out: str | Path,
            resume: bool = False, overwrite: bool = False) -> dict:
     """Refine ``policy`` (an SFT model folder) on the prompts of ``prepared``; returns the summary."""
     policy = model_folder(policy, "--policy")
     prepared = PreparedDir.open(prepared)
-    written = read_model_info(policy).edit_format
-    if read_model_info(policy).writes_chains and written != prepared.edit_format:
-        raise ConfigError(f"--policy {policy} writes {written!r} chains but {prepared.path} was prepared with "
-                          f"--prepare.edit_format {prepared.edit_format}: prepare the data in the policy's format")
+    edit_format = edit_format_of(policy, prepared)
     if cfg.reward not in ("adversarial", "validity"):
         load_reward_function(cfg.reward)  # a reward that does not import fails here, before any Ray work
     run_dir = TrainingDir.start(out, asdict(cfg), resume, overwrite)
@@ -346,7 +363,8 @@ def run_rl(prepared: str | Path, policy: str | Path, cfg: RLConfig, ray_cfg: Ray
             console.say("[rl] the prepared data has no reversed chains (prepare --prepare.reverse true): the "
                         "discriminator gets the policy's samples as its only negatives")
         run.run()
-    write_model_info(run_dir.model, replace(read_model_info(policy), stage="rl", trained_from=str(policy)))
+    write_model_info(run_dir.model, replace(read_model_info(policy), stage="rl", trained_from=str(policy),
+                                            edit_format=edit_format))
     rows = read_metrics(run_dir.metrics, "iteration")
     plot_rewards(rows, run_dir.path / "rl.png")
     first, last = rows[min(rows)], rows[max(rows)]
