@@ -38,6 +38,11 @@ def row_tokens(prepared, chains: bool) -> tuple[int, float]:
     return len(lengths), sum(lengths) / len(lengths)
 
 
+def colour(name: str) -> str:
+    return next((c for key, c in (("words", "tab:green"), ("tokens", "tab:blue"), ("targets", "tab:gray"))
+                 if key in name), "lightgray")
+
+
 def plot(results: dict, png: Path) -> None:
     from secondthought.tracking import figure
 
@@ -49,8 +54,7 @@ def plot(results: dict, png: Path) -> None:
             xs = [k for k, v in enumerate(values) if v is not None]
             ax.bar(xs, [values[k][0] for k in xs],
                    yerr=[[values[k][0] - values[k][1] for k in xs], [values[k][2] - values[k][0] for k in xs]],
-                   color=["tab:gray" if "targets" in names[k] else "tab:blue" if "tokens" in names[k]
-                          else "tab:green" for k in xs], capsize=3)
+                   color=[colour(names[k]) for k in xs], capsize=3)
             ax.set_xticks(xs, [names[k] for k in xs], rotation=35, ha="right", fontsize=8)
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)

@@ -69,10 +69,11 @@ class PrepareConfig:
     """(insert, delete, replace) word costs; each gives a chain, identical chains are kept once."""
     reverse: bool = True
     """Also write target -> source chains (direction "reverse"): negatives for the RL discriminator."""
-    edit_format: str = "tokens"
-    """How chains are written in the training text: "tokens" (edit tokens and word numbers: <|rep|> 1 shoves
-    <|with|> asks) or "words" (English that names words: replace "shoves" with "asks"). Models trained on the
-    data record it; eval, rl and serving read it from them."""
+    edit_format: str = "words"
+    """How chains are written in the training text: "words" (English that names words: replace "shoves" with
+    "asks"; the paper's deciphered edits) or "tokens" (edit tokens and word numbers: <|rep|> 1 shoves <|with|>
+    asks). Models trained on the data record it; eval, rl and serving read it from them. Words by default: at one
+    budget the model learns chains that apply (docs/formats.md)."""
     tokenizer: str = "smollm2"
     """Tokenizer: "smollm2" (embedded default), a local folder, or a hub id on machines with network."""
     max_tokens: int = 1024
@@ -238,10 +239,10 @@ class RLConfig(EngineConfig):
     """Sample from the k most likely tokens (0: all)."""
     top_p: float = 1.0
     """Nucleus sampling (1: off)."""
-    decoding: str = "free"
-    """free, or constrained: rollouts write only chains that fit their source (secondthought.constrained); the
-    learner and the reference then score every token under the mask it was sampled with (PPO ratio and KL of the
-    distribution sampled from)."""
+    decoding: str = "constrained"
+    """constrained: rollouts write only chains that fit their source (secondthought.constrained), and the learner
+    and the reference score every token under the mask it was sampled with (PPO ratio and KL of the distribution
+    sampled from); or free."""
     force_target: bool = False
     """Constrained rollouts: also force the target to the chain's result (its tokens then carry no choice)."""
     rollout_workers: int = 2
@@ -362,9 +363,9 @@ class EvalConfig:
     """How chain-writing models decode: free, constrained (only chains that apply to the source: positions in
     order, removed text forced to the source's own) or both (each such model is listed twice, e.g. ``sft-edits``
     and ``sft-edits (constrained)``). Models that write targets only always decode freely."""
-    force_target: bool = False
-    """In constrained decoding also force the target to the chain's result (consistency 100% by construction);
-    by default the model writes it, so consistency measures the model."""
+    force_target: bool = True
+    """In constrained decoding also force the target to the chain's result (consistency 100% by construction), as
+    serving does; false: the model writes it (consistency then measures the model, as in free decoding)."""
     judge: str = "minilm"
     """Encoder of the alignment judge: "minilm" (embedded), "tiny-bert" (tests) or a local folder."""
     judge_kind: str = "frozen"

@@ -143,9 +143,10 @@ def test_eval_decodes_each_model_in_parts_over_the_cpus_and_keeps_every_row_in_o
     assert [w["memorized"] for w in written] == [o.text for o in expected]
 
     # the default decoding is both: the chain-writing model is listed again, decoded constrained to each source
+    # (its target forced to the chain's result, as serving does)
     constrained = Policy.load(memorized, dtype=torch.float32).complete(
-        [r.prompt_ids for r in rows], [r.source for r in rows], SamplingParams(max_new_tokens=24, temperature=0,
-                                                                              batch_size=12), constrain=Constrain())
+        [r.prompt_ids for r in rows], [r.source for r in rows],
+        SamplingParams(max_new_tokens=24, temperature=0, batch_size=12), constrain=Constrain(force_target=True))
     assert [s["system"] for s in report["systems"]] == ["copy", "reference", "memorized", "memorized (constrained)"]
     assert [w["memorized (constrained)"] for w in written] == [o.text for o in constrained]
     for row, out in zip(rows, constrained):  # every chain, finished or cut at max_new_tokens, fits its source

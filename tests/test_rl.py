@@ -92,16 +92,20 @@ def test_constrained_rollouts_write_only_chains_that_apply_and_are_scored_under_
         RLConfig(decoding="beam")
 
 
-def test_a_policy_that_writes_words_refuses_data_prepared_in_tokens(prepared, policy, tmp_path):
+def test_a_policy_trained_in_one_edit_format_refuses_data_prepared_in_the_other(prepared, policy, tmp_path):
     import shutil
 
     from secondthought.runs import ModelInfo, write_model_info
 
-    words = tmp_path / "words-policy"
-    shutil.copytree(policy, words)
-    write_model_info(words, ModelInfo(stage="sft", edit_format="words"))
-    with pytest.raises(ConfigError, match="writes 'words' chains but .* --prepare.edit_format tokens"):
-        run_rl(prepared, words, RLConfig(**FAST), RayConfig(), tmp_path / "rl")
+    from secondthought.runs import PreparedDir
+
+    data = PreparedDir(prepared).edit_format
+    other = "tokens" if data == "words" else "words"
+    trained = tmp_path / "trained-policy"
+    shutil.copytree(policy, trained)
+    write_model_info(trained, ModelInfo(stage="sft", edit_format=other))
+    with pytest.raises(ConfigError, match=f"writes '{other}' chains but .* --prepare.edit_format {data}"):
+        run_rl(prepared, trained, RLConfig(**FAST), RayConfig(), tmp_path / "rl")
 
 
 @pytest.mark.slow  # seven RL runs, about 6 minutes on 2 cores
