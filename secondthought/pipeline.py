@@ -72,6 +72,7 @@ def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: R
         "seconds": round(time.time() - started, 1),
         "rows": {k: stages["prepare"][k] for k in ("rows_in", "rows_out", "rows_quarantined", "chains_out")},
         "sft_model": stages["sft"]["model"],
+        "edit_format": stages["prepare"].get("edit_format", "tokens"),
         "best_eval_loss": stages["sft"]["best_eval_loss"],
         "model": stages["rl"]["model"],
         "rl_score": [stages["rl"]["first_score"], stages["rl"]["last_score"]],
@@ -106,7 +107,8 @@ def describe(summary: dict) -> str:
         f"SecondThought run finished in {summary['seconds']:.0f}s: {summary['run_dir']}",
         f"  data:   {rows['rows_out']} of {rows['rows_in']} rows used ({rows['rows_quarantined']} quarantined, "
         f"see {summary['quarantine']}), {rows['chains_out']} chains of edits",
-        f"  sft:    {summary['sft_model']} (best eval loss {summary['best_eval_loss']:.4f})",
+        f"  sft:    {summary['sft_model']} (chains in {summary.get('edit_format', 'tokens')}, best eval loss "
+        f"{summary['best_eval_loss']:.4f})",
         f"  rl:     {summary['model']} (reward {summary['rl_score'][0]:.3f} -> {summary['rl_score'][1]:.3f})",
         f"  report: {summary['report']} (judge held-out accuracy {summary['judge_accuracy']:.3f})",
         *(f"          {name:{width}s} alignment {r['alignment']:.3f}  BLEU {r['bleu']:.1f}"

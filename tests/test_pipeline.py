@@ -20,6 +20,7 @@ def test_pipeline_runs_every_stage_once(ray_local, tmp_path, capsys):
     assert json.loads((out / "pipeline.json").read_text())["model"] == summary["model"]
     text = describe(summary)
     assert summary["model"] in text and "loss.png" in text and "rl.png" in text and "report.md" in text
+    assert "chains in words" in text  # the default edit format
 
     report = json.loads((out / "eval" / "report.json").read_text())
     assert [s["system"] for s in report["systems"]] == ["copy", "reference", "sft-targets-only", "sft-edits",
