@@ -58,7 +58,7 @@ def test_prepare_reconciles_every_row_and_writes_checkable_examples(ray_local, t
 def test_prepare_real_moral_stories_and_too_long_rows(ray_local, tmp_path):
     out = tmp_path / "ms"
     manifest = run_prepare(DataConfig(dataset="moral-stories", input=[str(shared_file("moral_stories", "dev.jsonl"))]),
-                           PrepareConfig(max_tokens=128), RayConfig(), out, progress=False)
+                           PrepareConfig(max_tokens=128, edit_format="tokens"), RayConfig(), out, progress=False)
     assert manifest["rows_in"] == 1000
     assert manifest["rows_out"] + manifest["rows_quarantined"] == 1000
     assert manifest["rows_quarantined"] > 0

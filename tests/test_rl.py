@@ -81,7 +81,7 @@ def test_the_discriminator_warm_starts_and_is_checked_on_pairs_it_never_learns_f
 def test_constrained_rollouts_write_only_chains_that_apply_and_are_scored_under_their_masks(prepared, policy, tmp_path):
     """An untrained policy's free chains never apply (validity -1); constrained, every rollout's chain applies to
     its source, and the first iteration's KL to the reference is 0: both score under the rollout's masks."""
-    cfg = RLConfig(**dict(FAST, max_new_tokens=40), iterations=2, reward="validity", decoding="constrained",
+    cfg = RLConfig(**dict(FAST, max_new_tokens=64), iterations=2, reward="validity", decoding="constrained",
                    checkpoint_every=2)
     out = tmp_path / "rl"
     run_rl(prepared, policy, cfg, RayConfig(), out)
