@@ -47,18 +47,14 @@ def _tensors(tb: TokenBatch, device) -> dict:
 def completion_logits(lm, tb: TokenBatch, device, samples: list[Sample]):
     """Logits that predict each completion token (restricted to what a constrained rollout allowed), and the
     hidden states they come from: [n, T, ...]."""
+    import torch
+
     from secondthought.rl.ppo import restrict
 
     hidden = lm.base_model(**_tensors(tb, device)).last_hidden_state[:, tb.prompt_width - 1 : -1]
     logits = lm.get_output_embeddings()(hidden)
     allowed = allowed_batch(samples, logits.shape[1], logits.shape[-1])
-    return restrict(logits, None if allowed is None else torch_bool(allowed, device)), hidden
-
-
-def torch_bool(array: np.ndarray, device):
-    import torch
-
-    return torch.from_numpy(array).to(device)
+    return restrict(logits, None if allowed is None else torch.from_numpy(allowed).to(device)), hidden
 
 
 def _policy_with_value(lm):
