@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 from secondthought.constrained import ChainConstraint, _continuation_bytes, _Lit, _missing
-from secondthought.edit_words import AFTER, AT_END, BEFORE, OPS, SEPARATOR, WITH, _first, unquoted
+from secondthought.edit_words import AFTER, AT_END, BEFORE, OPS, SEPARATOR, WITH, _first, shown, unquoted
 from secondthought.edits import Edit, count_units
 
 _QUOTE, _BACKSLASH = 0x22, 0x5C
@@ -180,9 +180,7 @@ class WordsConstraint(ChainConstraint):
     def rendered(self, j: int) -> bytes:
         """Units j.. as quoted text (``edit_words.quoted``, without the quotes)."""
         if j not in self._rendered:
-            first = self.units[j]
-            shown = first[1:] if first.startswith(" ") and not first[1:2].isspace() else first
-            pieces = [_escaped(shown)] + [_escaped(u) for u in self.units[j + 1:]]
+            pieces = [_escaped(shown(self.units[j]))] + [_escaped(u) for u in self.units[j + 1:]]
             self._rendered[j] = b"".join(pieces)
             offsets, total = [], 0
             for piece in pieces:

@@ -30,10 +30,15 @@ _DECODER = json.JSONDecoder()
 _OP = re.compile(r" (insert|delete|replace) ")
 
 
+def shown(content: str) -> str:
+    """Edit content as it stands between the quotes: without the one leading space a unit usually has, else
+    exactly (quoted text that starts with whitespace gives its whitespace)."""
+    return content[1:] if content.startswith(" ") and not content[1:2].isspace() else content
+
+
 def quoted(content: str) -> str:
-    """Edit content as a JSON string: without the one leading space a unit usually has, else exactly."""
-    shown = content[1:] if content.startswith(" ") and not content[1:2].isspace() else content
-    return json.dumps(shown, ensure_ascii=False)
+    """Edit content as a JSON string (see :func:`shown`)."""
+    return json.dumps(shown(content), ensure_ascii=False)
 
 
 def unquoted(shown: str) -> str:
