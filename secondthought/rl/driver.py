@@ -138,10 +138,11 @@ class RLRun:
 
         with ThreadPoolExecutor(len(self.rollouts)) as pool:
             results = list(pool.map(run, range(len(self.rollouts))))
-        samples = [Sample(self.prompts.prompt_ids[i], completion, index=i,
-                          allowed=result["allowed"][j] if result["allowed"] is not None else None)
-                   for part, result in zip(parts, results) for j, (i, completion) in enumerate(zip(part,
-                                                                                               result["completions"]))]
+        samples = []
+        for part, result in zip(parts, results):
+            allowed = result["allowed"] if result["allowed"] is not None else [None] * len(part)
+            samples += [Sample(self.prompts.prompt_ids[i], completion, index=i, allowed=mask)
+                        for i, completion, mask in zip(part, result["completions"], allowed)]
         return samples, max(r["seconds"] for r in results)
 
     def score(self, samples: list[Sample]) -> tuple[np.ndarray, dict, list[Scored]]:
