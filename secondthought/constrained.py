@@ -105,10 +105,6 @@ class TokenTable:
         self._quoted = self._free & torch.tensor(plain)
         self.escaping = [i for i, b in enumerate(self.bytes_of)
                          if b is not None and (b'"' in b or b"\\" in b) and min(b) >= 0x20 and b"<|" not in b]
-        self.by_first: dict[int, list[int]] = {}
-        for i, b in enumerate(self.bytes_of):
-            if b:
-                self.by_first.setdefault(b[0], []).append(i)
         self.escaping_by_first: dict[int, list[int]] = {}
         for i in self.escaping:
             self.escaping_by_first.setdefault(self.bytes_of[i][0], []).append(i)

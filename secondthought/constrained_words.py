@@ -140,11 +140,11 @@ class _Span:
         close, _ = _scan(data, -1 if _open_escape(self.written) else 0)  # its text is the source's, well escaped
         written = self.written + (data if close < 0 else data[:close])
         m = self.m
-        starts = tuple((j, ends) for j, ends in self.starts
-                       if m.rendered(j).startswith(written) and len(written) <= max(m.offsets(j, ends)))
+        offsets = {j: m.offsets(j, ends) for j, ends in self.starts if m.rendered(j).startswith(written)}
+        starts = tuple((j, ends) for j, ends in self.starts if j in offsets and len(written) <= max(offsets[j]))
         if close < 0:
             return [replace(self, starts=starts, written=written)] if starts else []
-        if not any(len(written) in m.offsets(j, ends) for j, ends in starts):
+        if not any(len(written) in offsets[j] for j, _ in starts):
             return []
         return m.run_on(m.closed(self, unquoted(json.loads(b'"' + written + b'"'))), data[close + 1:])
 
@@ -152,15 +152,16 @@ class _Span:
         m, n = self.m, len(self.written)
         ids: set[int] = set()
         firsts: set[int] = set()
-        can_close = any(n in m.offsets(j, ends) for j, ends in self.starts)
-        for j, ends in self.starts:
-            rest = m.rendered(j)[n : max(m.offsets(j, ends))]
+        offsets = [(j, m.offsets(j, ends)) for j, ends in self.starts]
+        can_close = any(n in offs for _, offs in offsets)
+        if can_close:
+            firsts.add(_QUOTE)
+        for j, offs in offsets:
+            rest = m.rendered(j)[n : max(offs)]
             if not (closing and can_close):  # short of tokens, a span that can end does
                 ids.update(m.table.prefix_tokens(rest))
                 if rest:
                     firsts.add(rest[0])
-            if n in m.offsets(j, ends):
-                firsts.add(_QUOTE)
         tried = [i for b in firsts for i in m.table.escaping_by_first.get(b, ())]
         return list(ids) + [i for i in tried if i not in ids and self.feed(m.table.bytes_of[i])]
 

@@ -90,15 +90,18 @@ class Encoder:
     def _ids(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.backend.encode_batch_fast(texts, add_special_tokens=False)] if texts else []
 
-    def whole(self, context: str, source: str, target: str, chain: EditChain) -> tuple[list[int], int]:
+    def whole(self, context: str, source: str, target: str, chain: EditChain,
+              text: str | None = None) -> tuple[list[int], int]:
+        """``text``: the chain as written (when the caller has it already)."""
         head = prompt(context, source)
-        head_ids, ids = self._ids([head, head + completion(write_chain(chain, source, self.edit_format), target)])
+        text = text if text is not None else write_chain(chain, source, self.edit_format)
+        head_ids, ids = self._ids([head, head + completion(text, target)])
         return ids + [self.eos_id], len(head_ids)
 
-    def _chain_layout(self, chain: EditChain, source: str) -> list[str | int]:
+    def _chain_layout(self, chain: EditChain, text: str) -> list[str | int]:
         """The written chain as text pieces and special-token ids (ints)."""
         if self.edit_format != "tokens":
-            return [write_chain(chain, source, self.edit_format)]
+            return [text]
         out: list[str | int] = []
         for k, edit in enumerate(chain.edits):
             if k:
@@ -111,16 +114,20 @@ class Encoder:
                 out += (self.special[DEL], f" {edit.pos}", edit.old)
         return out
 
-    def encode_many(self, examples: list[tuple[str, str, str, EditChain]]) -> list[tuple[list[int], int]]:
-        """(input_ids, prompt_len) for each (context, source, target, chain)."""
+    def encode_many(self, examples: list[tuple[str, str, str, EditChain]],
+                    texts: list[str] | None = None) -> list[tuple[list[int], int]]:
+        """(input_ids, prompt_len) for each (context, source, target, chain); ``texts``: each chain as written
+        (written here when not given)."""
+        if texts is None:
+            texts = [write_chain(chain, source, self.edit_format) for _, source, _, chain in examples]
         plain: dict[str, bool] = {}
         for context, source, target, _ in examples:
             for text in (context, source, target):
                 if text not in plain:
                     plain[text] = self.by_pieces and (not text and text is context or bool(_PLAIN.fullmatch(text)))
         fast = [plain[c] and plain[s] and plain[t] for c, s, t, _ in examples]
-        layouts = [self._chain_layout(chain, source) if ok else None
-                   for (_, source, _, chain), ok in zip(examples, fast)]
+        layouts = [self._chain_layout(chain, text) if ok else None
+                   for (_, _, _, chain), text, ok in zip(examples, texts, fast)]
         if len(self.cache) > _CACHE_LIMIT:
             self.cache.clear()
         cache = self.cache
@@ -132,9 +139,9 @@ class Encoder:
         found = {text: list(chain_all.from_iterable(map(lookup, us))) for text, us in units.items()}
         src, sep, tgt, eos = self.special[SRC], self.special[SEP], self.special[TGT], self.eos_id
         out = []
-        for (context, source, target, chain), layout in zip(examples, layouts):
+        for (context, source, target, chain), text, layout in zip(examples, texts, layouts):
             if layout is None:
-                out.append(self.whole(context, source, target, chain))
+                out.append(self.whole(context, source, target, chain, text))
                 continue
             ids = found[context] + [src] + found[source] + [sep]
             prompt_len = len(ids)
@@ -154,27 +161,29 @@ def build(triples: list[Triple], cost_sets: Sequence[Costs], reverse: bool, enco
           max_tokens: int) -> tuple[pa.Table, list[Rejected]]:
     """Example rows (one per distinct chain) for the triples, and the triples rejected here."""
     examples = [ex for triple in triples for ex in chains_of(triple, cost_sets, reverse)]
-    encoded = encoder.encode_many([(ex.triple.context, ex.source, ex.target, ex.chain) for ex in examples])
+    texts = [write_chain(ex.chain, ex.source, encoder.edit_format) for ex in examples]  # once: words are O(n^2)
+    encoded = encoder.encode_many([(ex.triple.context, ex.source, ex.target, ex.chain) for ex in examples], texts)
     too_long = {id(ex.triple): len(ids) for ex, (ids, _) in zip(examples, encoded) if len(ids) > max_tokens}
     rejected = [
         Rejected.of(record, f"too long: {too_long[id(triple)]} tokens > max_tokens {max_tokens}")
         for triple in triples if id(triple) in too_long for record in triple.records
     ]
-    kept = [(ex, enc) for ex, enc in zip(examples, encoded) if id(ex.triple) not in too_long]
+    kept = [k for k, ex in enumerate(examples) if id(ex.triple) not in too_long]
+    rows = [examples[k] for k in kept]
     columns = {
-        "id": [ex.triple.id for ex, _ in kept],
-        "dataset": [ex.triple.dataset for ex, _ in kept],
-        "split": [ex.triple.split for ex, _ in kept],
-        "direction": [ex.direction for ex, _ in kept],
-        "context": [ex.triple.context for ex, _ in kept],
-        "source": [ex.source for ex, _ in kept],
-        "target": [ex.target for ex, _ in kept],
-        "costs": [ex.chain.costs for ex, _ in kept],
-        "chain": [write_chain(ex.chain, ex.source, encoder.edit_format) for ex, _ in kept],
-        "n_edits": [len(ex.chain) for ex, _ in kept],
-        "prompt_len": [prompt_len for _, (_, prompt_len) in kept],
-        "input_ids": [ids for _, (ids, _) in kept],
-        "records": [[f"{r.file}:{r.line}" for r in ex.triple.records] for ex, _ in kept],
-        "metadata": [ex.triple.metadata for ex, _ in kept],
+        "id": [ex.triple.id for ex in rows],
+        "dataset": [ex.triple.dataset for ex in rows],
+        "split": [ex.triple.split for ex in rows],
+        "direction": [ex.direction for ex in rows],
+        "context": [ex.triple.context for ex in rows],
+        "source": [ex.source for ex in rows],
+        "target": [ex.target for ex in rows],
+        "costs": [ex.chain.costs for ex in rows],
+        "chain": [texts[k] for k in kept],
+        "n_edits": [len(ex.chain) for ex in rows],
+        "prompt_len": [encoded[k][1] for k in kept],
+        "input_ids": [encoded[k][0] for k in kept],
+        "records": [[f"{r.file}:{r.line}" for r in ex.triple.records] for ex in rows],
+        "metadata": [ex.triple.metadata for ex in rows],
     }
     return pa.table(columns, schema=EXAMPLE_SCHEMA), rejected
