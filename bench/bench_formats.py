@@ -2,12 +2,14 @@
 
     python -m bench.bench_formats --out runs/formats            # the bundled sample, the main job's budget
 
-Prepares the same triples twice (``--prepare.edit_format tokens`` and ``words``; the same rows land in the
-same splits), fine-tunes SmolLM2-135M on each and the targets-only baseline on the same training tokens (the
-budget: ``--epochs`` passes over the edit-token training rows, 2 as in the main job; the other two get as many
-steps as that many tokens take at their own row lengths), then evaluates all three on the same test rows, each
-chain model free and constrained (``secondthought eval`` with its judge, metrics and intervals). Prints the
-table, writes it to ``<out>/formats.json`` and ``--doc`` (markdown) with a plot beside it.
+Prepares the same triples three ways (``--prepare.edit_format tokens`` and ``words`` with the three default
+cost sets, and ``words`` with the single cost set (1, 1, 1), whose chains replace whole runs of words rather
+than interleaving inserts and deletes; the same rows land in the same splits), fine-tunes SmolLM2-135M on each
+and the targets-only baseline on the same training tokens (the budget: ``--epochs`` passes over the edit-token
+training rows, 2 as in the main job; the others get as many steps as that many tokens take at their own row
+lengths), then evaluates all on the same test rows, each chain model free and constrained (``secondthought
+eval`` with its judge, metrics and intervals). Prints the table, writes it to ``<out>/formats.json`` and
+``--doc`` (markdown) with a plot beside it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+from secondthought.config import PrepareConfig
+
+# prepared folder -> its options; system -> (prepared folder, trained with chains)
+PREPARED = {"tokens": PrepareConfig(edit_format="tokens"), "words": PrepareConfig(edit_format="words"),
+            "words-111": PrepareConfig(edit_format="words", cost_sets=[(1, 1, 1)])}
+PLANS = {"edits-tokens": ("tokens", True), "edits-words": ("words", True), "edits-words-111": ("words-111", True),
+         "targets-only": ("tokens", False)}
 COLUMNS = ("validity", "consistency", "no_op", "unchanged", "alignment", "bleu", "rouge_l", "perplexity")
 
 
@@ -39,7 +48,7 @@ def row_tokens(prepared, chains: bool) -> tuple[int, float]:
 
 
 def colour(name: str) -> str:
-    return next((c for key, c in (("words", "tab:green"), ("tokens", "tab:blue"), ("targets", "tab:gray"))
+    return next((c for key, c in (("111", "tab:olive"), ("words", "tab:green"), ("tokens", "tab:blue"), ("targets", "tab:gray"))
                  if key in name), "lightgray")
 
 
@@ -82,10 +91,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2.0,
                         help="the budget: passes over the edit-token training rows (their tokens)")
     parser.add_argument("--max-rows", type=int, help="evaluate on at most this many test rows")
+    parser.add_argument("--systems", nargs="+", choices=list(PLANS), default=list(PLANS),
+                        help="the models to train and compare (default: all)")
     parser.add_argument("--doc", type=Path, help="also write the table here (markdown), the plot beside it")
     args = parser.parse_args()
 
-    from secondthought.config import DataConfig, EvalConfig, PrepareConfig, RayConfig, SFTConfig
+    from secondthought.config import DataConfig, EvalConfig, RayConfig, SFTConfig
     from secondthought.evaluate import run_eval
     from secondthought.prepare import run_prepare
     from secondthought.runs import PreparedDir, ReportDir, TrainingDir, run_once
@@ -98,22 +109,20 @@ def main() -> None:
                       test_fraction=args.test_fraction)
     ray_cfg, sft = RayConfig(), SFTConfig()
     per_step = sft.micro_batch_size * sft.num_workers * sft.grad_accum
-    models, budget = {}, None
+    models = {}
     with ray_session(ray_cfg, shared=out):
         prepared = {}
-        for fmt in ("tokens", "words"):
-            folder = PreparedDir(out / f"prepared-{fmt}")
-            run_once(f"prepare ({fmt})", folder.manifest_file, f"chains written in {fmt}",
-                     lambda _: run_prepare(data, PrepareConfig(edit_format=fmt), ray_cfg, folder.path,
-                                           overwrite=True, progress=False))
-            prepared[fmt] = folder
-        plans = {"edits-tokens": (prepared["tokens"], True), "edits-words": (prepared["words"], True),
-                 "targets-only": (prepared["tokens"], False)}
+        for name, prepare in PREPARED.items():
+            folder = PreparedDir(out / f"prepared-{name}")
+            run_once(f"prepare ({name})", folder.manifest_file, f"chains written in {prepare.edit_format}",
+                     lambda _: run_prepare(data, prepare, ray_cfg, folder.path, overwrite=True, progress=False))
+            prepared[name] = folder
+        rows, mean = row_tokens(prepared["tokens"], chains=True)
+        budget = args.epochs * rows * mean  # the edit-token rows set the budget
         steps = {}
-        for name, (folder, chains) in plans.items():
+        for name in args.systems:
+            folder, chains = prepared[PLANS[name][0]], PLANS[name][1]
             rows, mean = row_tokens(folder, chains)
-            if budget is None:  # the first plan, edit tokens, sets the budget
-                budget = args.epochs * rows * mean
             steps[name] = max(1, math.ceil(budget / (per_step * mean)))
             epochs = math.ceil(steps[name] * per_step / rows) + 1  # enough passes; max_steps ends it
             print(f"[bench] {name}: {rows} training rows of {mean:.1f} tokens -> {steps[name]} steps "
@@ -125,7 +134,7 @@ def main() -> None:
             models[name] = summary["model"]
         report_dir = ReportDir(out / "eval")
         report = run_once("eval", report_dir.report_file, "free and constrained, on the same test rows",
-                          lambda _: run_eval(prepared["tokens"].path, models, TrainingDir(out / "edits-tokens").base,
+                          lambda _: run_eval(prepared["tokens"].path, models, TrainingDir(out / args.systems[0]).base,
                                              EvalConfig(max_rows=args.max_rows), ray_cfg, report_dir.path))
     results = {s["system"]: {c: s["metrics"].get(c) for c in COLUMNS} for s in report["systems"]}
     text = table(results)
