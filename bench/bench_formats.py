@@ -48,8 +48,8 @@ def row_tokens(prepared, chains: bool) -> tuple[int, float]:
 
 
 def colour(name: str) -> str:
-    return next((c for key, c in (("111", "tab:olive"), ("words", "tab:green"), ("tokens", "tab:blue"), ("targets", "tab:gray"))
-                 if key in name), "lightgray")
+    colours = (("111", "tab:olive"), ("words", "tab:green"), ("tokens", "tab:blue"), ("targets", "tab:gray"))
+    return next((c for key, c in colours if key in name), "lightgray")
 
 
 def plot(results: dict, png: Path) -> None:
@@ -143,8 +143,8 @@ def main() -> None:
                                                   "results": results}, indent=2))
     if args.doc:
         plot(results, args.doc.with_suffix(".png"))
-        args.doc.write_text(f"budget {budget:,.0f} training tokens per model, steps {steps}, {report['test_rows']} test "
-                            f"rows\n\n{text}\n")
+        args.doc.write_text(f"budget {budget:,.0f} training tokens per model, steps {steps}, "
+                            f"{report['test_rows']} test rows\n\n{text}\n")
 
 
 if __name__ == "__main__":
