@@ -112,10 +112,12 @@ def main() -> None:
     models = {}
     with ray_session(ray_cfg, shared=out):
         prepared = {}
-        for name, prepare in PREPARED.items():
+        needed = {"tokens"} | {PLANS[name][0] for name in args.systems}  # tokens: the budget and the test rows
+        for name in sorted(needed):
             folder = PreparedDir(out / f"prepared-{name}")
-            run_once(f"prepare ({name})", folder.manifest_file, f"chains written in {prepare.edit_format}",
-                     lambda _: run_prepare(data, prepare, ray_cfg, folder.path, overwrite=True, progress=False))
+            run_once(f"prepare ({name})", folder.manifest_file, f"chains written in {PREPARED[name].edit_format}",
+                     lambda _: run_prepare(data, PREPARED[name], ray_cfg, folder.path, overwrite=True,
+                                           progress=False))
             prepared[name] = folder
         rows, mean = row_tokens(prepared["tokens"], chains=True)
         budget = args.epochs * rows * mean  # the edit-token rows set the budget
