@@ -330,9 +330,8 @@ class ChainConstraint:
     def reserve(self, items: list) -> int:
         """Tokens kept to close the chain and write the target: a few for <|tgt|> (after a replace's <|with|> and
         a word) and EOS, and the target's length: the tokens of the chain's result so far, and of the free text
-        being written, not yet in it (forced or written by the model, a target cut short is not consistent):
-        its tokens, counted, or a token for every 3 bytes where that is more (the slack closing a chain takes
-        after long tokens; digits and punctuation take a token for every byte or two)."""
+        being written, not yet in it (forced or written by the model, a target cut short is not consistent).
+        Counted, not estimated from bytes: digits and punctuation take a token for every byte or two."""
         longest = 0
         for item in items:
             chain = getattr(item, "chain", ())
@@ -346,8 +345,8 @@ class ChainConstraint:
         return 8 + longest
 
     def _count(self, text: bytes) -> int:
-        """Tokens of a piece of free text (a partly written character left out), at least one per 3 bytes."""
-        return max(len(text) // 3, len(self.table.encode(text.decode("utf-8", "ignore")))) if text else 0
+        """Tokens of a piece of free text (a partly written character left out)."""
+        return len(self.table.encode(text.decode("utf-8", "ignore"))) if text else 0
 
     def feed_text(self, text: str) -> None:
         """Advance by a piece of completion text (special tokens spelled out), e.g. a corrected prefix of edits."""
