@@ -280,7 +280,7 @@ def test_the_reserve_counts_the_tokens_of_free_text_written_so_far(grammar, toke
     the forced target cover the whole result (a byte estimate left such targets cut short)."""
     source = "Maya copies the answers from the student."
     new = ":" + "".join(f" {k}." for k in range(1, 21))
-    opened = ' insert "' + new if edit_format == "words" else "<|ins|> 7 " + new
+    opened = ' insert "' + new if edit_format == "words" else f"<|ins|> 7{' ' + new}"
     constraint = grammar.constraints([source], Constrain(True), prefixes=[opened], edit_format=edit_format)[0]
     result = source + " " + new
     needed = len(tokenizer(result, add_special_tokens=False).input_ids) + 2  # <|tgt|> and EOS
