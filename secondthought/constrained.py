@@ -329,9 +329,8 @@ class ChainConstraint:
 
     def reserve(self, items: list) -> int:
         """Tokens kept to close the chain and write the target: a few for <|tgt|> (after a replace's <|with|> and
-        a word) and EOS, and the target's length: the tokens of the chain's result so far, and of the free text
-        being written, not yet in it (forced or written by the model, a target cut short is not consistent).
-        Counted, not estimated from bytes: digits and punctuation take a token for every byte or two."""
+        a word) and EOS, and the target's length: the tokens of the chain's result so far, and of free text not
+        yet in it at 3 bytes a token (forced or written by the model, a target cut short is not consistent)."""
         longest = 0
         for item in items:
             chain = getattr(item, "chain", ())
@@ -339,14 +338,10 @@ class ChainConstraint:
                 self._result_tokens[chain] = len(self.table.encode(EditChain(chain).apply(self.source)))
             size = self._result_tokens[chain]
             if isinstance(item, _Free) and item.edit is not None:
-                size += max(0, self._count(item.content) - self._count(item.edit.old.encode()))
-            size += self._count(getattr(item, "pending", b""))
+                size += (len(item.content) - len(item.edit.old.encode())) // 3
+            size += getattr(item, "pending", 0) // 3
             longest = max(longest, size)
         return 8 + longest
-
-    def _count(self, text: bytes) -> int:
-        """Tokens of a piece of free text (a partly written character left out)."""
-        return len(self.table.encode(text.decode("utf-8", "ignore"))) if text else 0
 
     def feed_text(self, text: str) -> None:
         """Advance by a piece of completion text (special tokens spelled out), e.g. a corrected prefix of edits."""

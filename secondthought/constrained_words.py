@@ -88,9 +88,8 @@ class _Quoted:
     escape: int = 0
 
     @property
-    def pending(self) -> bytes:
-        """Text written and not yet in the chain's result (for the token reserve)."""
-        return self.content
+    def pending(self) -> int:
+        return len(self.content)
 
     def feed(self, data: bytes) -> list:
         close, escape = _scan(data, self.escape)
