@@ -23,9 +23,10 @@ Needs a byte-level BPE tokenizer (GPT-2 style, e.g. SmolLM2's). No Ray.
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -54,22 +55,37 @@ def _byte_decoder() -> dict[str, int]:
     return {c: b for b, c in chars.items()}
 
 
-def _continuation_bytes(data: bytes) -> int:
-    """How many UTF-8 continuation bytes (10xxxxxx) ``data`` starts with."""
-    n = 0
-    while n < len(data) and data[n] & 0xC0 == 0x80:
-        n += 1
-    return n
-
-
-def _missing(data: bytes) -> int:
-    """Bytes still missing from the UTF-8 character ``data`` ends inside (0 when it ends on a boundary)."""
+def _partial(data: bytes) -> bytes:
+    """The bytes of the UTF-8 character ``data`` ends inside (b"" when it ends on a boundary)."""
     for back in range(1, min(4, len(data)) + 1):
         byte = data[-back]
         if byte & 0xC0 != 0x80:
             size = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
-            return max(0, size - back)
-    return 0
+            return data[-back:] if size > back else b""
+    return b""
+
+
+def _keeps_utf8(partial: bytes, data: bytes) -> bool:
+    """Whether text that ends inside the character ``partial`` (b"": on a boundary) stays valid UTF-8 with ``data``
+    added, and can end: a character it leaves unfinished can still be finished."""
+    try:
+        _, used = codecs.utf_8_decode(partial + data, "strict", False)
+    except UnicodeDecodeError:
+        return False
+    return _can_finish((partial + data)[used:])
+
+
+@lru_cache(maxsize=None)
+def _can_finish(start: bytes) -> bool:
+    """Whether some continuation bytes finish the character ``start`` begins (not, e.g., a surrogate half's start,
+    which Python's incremental decoder lets through)."""
+    if not start:
+        return True
+    try:
+        _, used = codecs.utf_8_decode(start, "strict", False)
+    except UnicodeDecodeError:
+        return False
+    return used == len(start) or (len(start) < 4 and any(_can_finish(start + bytes([b])) for b in range(0x80, 0xC0)))
 
 
 class TokenTable:
@@ -108,22 +124,24 @@ class TokenTable:
         self.escaping_by_first: dict[int, list[int]] = {}
         for i in self.escaping:
             self.escaping_by_first.setdefault(self.bytes_of[i][0], []).append(i)
-        self._continues = torch.tensor([_continuation_bytes(b or b"") for b in self.bytes_of])
-        self._masks: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._utf8: dict[bytes, torch.Tensor] = {}
+        self._masks: dict[tuple[str, int, bytes], torch.Tensor] = {}
         self.memo: dict = {}
         """A grammar's own per-tokenizer tables (constrained_words)."""
 
-    def free_mask(self, kind: str, width: int, missing: int = 0) -> torch.Tensor:
+    def free_mask(self, kind: str, width: int, partial: bytes = b"") -> torch.Tensor:
         """Regular tokens free text may take next: "any", "spaced" (starts with whitespace), "no_pipe" (after a
         '<', so that no '<|' is ever written), "quoted" (in a JSON string: none with a quote, backslash or control
-        byte); ``width`` columns (a model's vocabulary may be padded). Text that
-        ends inside a character (``missing`` bytes of it) takes only tokens that finish it, and other text none
-        that start inside one: free text stays UTF-8, so it can always end."""
-        key = (kind, width, missing)
+        byte); ``width`` columns (a model's vocabulary may be padded). Free text stays valid UTF-8 that can end:
+        text that ends inside a character (its bytes so far: ``partial``) takes only tokens that go on with it,
+        and no text takes a byte that cannot be UTF-8 (a random or untrained model writes such tokens)."""
+        key = (kind, width, partial)
         if key not in self._masks:
+            if partial not in self._utf8:
+                self._utf8[partial] = torch.tensor([b is not None and _keeps_utf8(partial, b) for b in self.bytes_of])
             base = {"any": self._free, "spaced": self._spaced, "no_pipe": self._no_pipe, "quoted": self._quoted}[kind]
             mask = torch.zeros(width, dtype=torch.bool)
-            mask[: self.size] = (base & (self._continues == missing))[:width]
+            mask[: self.size] = (base & self._utf8[partial])[:width]
             self._masks[key] = mask
         return self._masks[key]
 
@@ -140,6 +158,8 @@ class _Lit:
     """The edits finished before it."""
     opens: bool = False
     """Leads to more removed text or another edit (left out when the row must close its chain)."""
+    pending: bytes = b""
+    """New text written that ``chain`` does not hold yet (an insert's, before its place is written)."""
 
 
 @dataclass(frozen=True)
@@ -323,14 +343,20 @@ class ChainConstraint:
             raise ValueError(f"token {token} does not continue a chain that fits the source")
         self.items = items
 
-    def _crossing(self, item: _Lit) -> list[int]:
+    def _crossing(self, item: _Lit, closing: bool) -> list[int]:
         """Tokens that write the rest of a literal and run on into what follows it (none in this grammar)."""
         return []
 
+    @staticmethod
+    def settles(items: list, closing: bool) -> bool:
+        """Whether a token that leads to ``items`` may be written: one that leads on, and short of tokens, not
+        only into more chain (a quote that closes and runs on into "; delete ...")."""
+        return bool(items) and (not closing or any(not getattr(item, "opens", False) for item in items))
+
     def reserve(self, items: list) -> int:
         """Tokens kept to close the chain and write the target: a few for <|tgt|> (after a replace's <|with|> and
-        a word) and EOS, and the target's length: the tokens of the chain's result so far, and of free text not
-        yet in it at 3 bytes a token (forced or written by the model, a target cut short is not consistent)."""
+        a word) and EOS, and the target's length: the tokens of the chain's result so far, and of the free text
+        being written, not yet in it (forced or written by the model, a target cut short is not consistent)."""
         longest = 0
         for item in items:
             chain = getattr(item, "chain", ())
@@ -338,10 +364,16 @@ class ChainConstraint:
                 self._result_tokens[chain] = len(self.table.encode(EditChain(chain).apply(self.source)))
             size = self._result_tokens[chain]
             if isinstance(item, _Free) and item.edit is not None:
-                size += (len(item.content) - len(item.edit.old.encode())) // 3
-            size += getattr(item, "pending", 0) // 3
+                size += max(0, self._count(item.content) - self._count(item.edit.old.encode()))
+            size += self._count(getattr(item, "pending", b""))
             longest = max(longest, size)
         return 8 + longest
+
+    def _count(self, text: bytes) -> int:
+        """Tokens of a piece of free text (a character left half written counted whole), or one for every 3 bytes
+        where that is more: the slack that closing after long tokens takes (digits and punctuation take a token
+        for every byte or two)."""
+        return max(len(text) // 3, len(self.table.encode(text.decode("utf-8", "replace")))) if text else 0
 
     def feed_text(self, text: str) -> None:
         """Advance by a piece of completion text (special tokens spelled out), e.g. a corrected prefix of edits."""
@@ -382,7 +414,7 @@ class ChainConstraint:
                 if hasattr(item, "free_mask"):
                     mask |= item.free_mask(width, closing)
             elif isinstance(item, _Lit):
-                ids += table.prefix_tokens(item.rest) + self._crossing(item)
+                ids += table.prefix_tokens(item.rest) + self._crossing(item, closing)
             elif isinstance(item, _Special):
                 ids.append(item.token)
             elif isinstance(item, _End):
@@ -392,7 +424,7 @@ class ChainConstraint:
             else:
                 kind = ("spaced" if not item.content and item.edit is not None
                         else "no_pipe" if item.content.endswith(b"<") else "any")
-                mask |= table.free_mask(kind, width, _missing(item.content))
+                mask |= table.free_mask(kind, width, _partial(item.content))
                 ids += list(self._free_specials(item))
         if ids:
             mask[torch.tensor(ids, dtype=torch.long)] = True

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from secondthought.constrained import ChainConstraint, _continuation_bytes, _Lit, _missing
+from secondthought.constrained import ChainConstraint, _keeps_utf8, _Lit, _partial
 from secondthought.edit_words import AFTER, AT_END, BEFORE, OPS, SEPARATOR, WITH, _first, shown, unquoted
 from secondthought.edits import Edit, count_units
 
@@ -44,8 +44,8 @@ def _scan(data: bytes, escape: int) -> tuple[int, int]:
     for k, byte in enumerate(data):
         if escape == -1:
             escape = 4 if byte == ord("u") else 0 if byte in _ESCAPES else -2
-        elif escape > 0:
-            escape = escape - 1 if byte in _HEX else -2
+        elif escape > 0:  # \u0XXX, as the writer makes them (control characters): never half a surrogate pair
+            escape = escape - 1 if byte in (_HEX if escape < 4 else b"0") else -2
         elif byte == _BACKSLASH:
             escape = -1
         elif byte == _QUOTE:
@@ -88,15 +88,17 @@ class _Quoted:
     escape: int = 0
 
     @property
-    def pending(self) -> int:
-        return len(self.content)
+    def pending(self) -> bytes:
+        """Text written and not yet in the chain's result (the token reserve counts it)."""
+        return self.content
 
     def feed(self, data: bytes) -> list:
         close, escape = _scan(data, self.escape)
-        if close == -2 or _continuation_bytes(data) != _missing(self.content):  # broken escape or UTF-8
+        written = data if close < 0 else data[:close]
+        if close == -2 or not _keeps_utf8(_partial(self.content), written):  # broken escape or UTF-8
             return []
-        content = self.content + (data if close < 0 else data[:close])
-        if any(b < 0x20 for b in data[: len(data) if close < 0 else close]) or b"<|" in content:
+        content = self.content + written
+        if any(b < 0x20 for b in written) or b"<|" in content:
             return []
         if close < 0:
             return [replace(self, content=content, escape=escape)]
@@ -105,11 +107,15 @@ class _Quoted:
             return []
         return self.m.run_on(self.m.closed(self, unquoted(text)), data[close + 1:])
 
+    def closes(self) -> bool:
+        """Whether a quote may close the text now (it is some text, and no escape or character is left open)."""
+        return bool(self.content) and not self.escape and bool(self.feed(b'"'))
+
     def allowed(self, closing: bool) -> list[int]:
-        if closing and self.content and not self.escape:
+        if closing and self.closes():  # short of tokens, text that can close does
             return self.m.table.by_bytes.get(b'"', [])
         m = self.m
-        key = (self.edit.op, self.escape, bool(self.content), self.content.endswith(b"<"), _missing(self.content),
+        key = (self.edit.op, self.escape, bool(self.content), self.content.endswith(b"<"), _partial(self.content),
                m._cursor(self.chain) < len(m.units))
         if self.escape:  # inside an escape: tokens that finish it (plain text's mask is off)
             return _finishing(m.table, self.escape) + m.tried(key, self, [
@@ -118,9 +124,9 @@ class _Quoted:
 
     def free_mask(self, width: int, closing: bool):
         table = self.m.table
-        if self.escape or (closing and self.content):
+        if self.escape or (closing and self.closes()):
             return torch.zeros(width, dtype=torch.bool)
-        mask = table.free_mask("quoted", width, _missing(self.content))
+        mask = table.free_mask("quoted", width, _partial(self.content))
         return mask & table.free_mask("no_pipe", width) if self.content.endswith(b"<") else mask
 
 
@@ -148,22 +154,30 @@ class _Span:
             return []
         return m.run_on(m.closed(self, unquoted(json.loads(b'"' + written + b'"'))), data[close + 1:])
 
+    def _shortest(self) -> bytes:
+        """The shortest text still to write before the quote may close."""
+        m, n = self.m, len(self.written)
+        return min((m.rendered(j)[n : min(o for o in m.offsets(j, ends) if o >= n)] for j, ends in self.starts),
+                   key=len, default=b"")
+
+    @property
+    def pending(self) -> bytes:
+        """An insert's new text, not in the chain yet, and the shortest text still to write (the token reserve
+        counts both)."""
+        return self.edit.new.encode() + self._shortest()
+
     def allowed(self, closing: bool) -> list[int]:
         m, n = self.m, len(self.written)
-        ids: set[int] = set()
-        firsts: set[int] = set()
         offsets = [(j, m.offsets(j, ends)) for j, ends in self.starts]
         can_close = any(n in offs for _, offs in offsets)
-        if can_close:
-            firsts.add(_QUOTE)
-        for j, offs in offsets:
-            rest = m.rendered(j)[n : max(offs)]
-            if not (closing and can_close):  # short of tokens, a span that can end does
-                ids.update(m.table.prefix_tokens(rest))
-                if rest:
-                    firsts.add(rest[0])
+        if closing:  # short of tokens, a span that can end does, and one that cannot takes the shortest way there
+            rests = [] if can_close else [self._shortest()]
+        else:
+            rests = [m.rendered(j)[n : max(offs)] for j, offs in offsets]
+        ids = {i for rest in rests for i in m.table.prefix_tokens(rest)}
+        firsts = {rest[0] for rest in rests if rest} | ({_QUOTE} if can_close else set())
         tried = [i for b in firsts for i in m.table.escaping_by_first.get(b, ())]
-        return list(ids) + [i for i in tried if i not in ids and self.feed(m.table.bytes_of[i])]
+        return list(ids) + [i for i in tried if i not in ids and m.settles(self.feed(m.table.bytes_of[i]), closing)]
 
 
 class WordsConstraint(ChainConstraint):
@@ -245,15 +259,15 @@ class WordsConstraint(ChainConstraint):
         chain, edit, c, n = item.chain, item.edit, self._cursor(item.chain), len(self.units)
         if edit.op == "rep":
             return self._done(chain + (replace(edit, new=text),))
-        ins = Edit("ins", -1, "", text)
+        ins, new = Edit("ins", -1, "", text), text.encode()
         before, after = self._from(c), self._to(c)
-        items = [_Lit(AT_END.encode(), lambda: self._done(chain + (replace(ins, pos=n),)), chain)]
+        items = [_Lit(AT_END.encode(), lambda: self._done(chain + (replace(ins, pos=n),)), chain, pending=new)]
         if before:  # an anchor "opens": short of tokens, the insert goes at the end
             items.append(_Lit(BEFORE.encode() + b'"', lambda: [_Span(self, chain, ins, "before", before)], chain,
-                              opens=True))
+                              opens=True, pending=new))
         if after:
             items.append(_Lit(AFTER.encode() + b'"', lambda: [_Span(self, chain, ins, "after", after)], chain,
-                              opens=True))
+                              opens=True, pending=new))
         return items
 
     def _span_closed(self, item: _Span, text: str) -> list:
@@ -286,8 +300,9 @@ class WordsConstraint(ChainConstraint):
             self._tried[key] = [i for i in candidates if item.feed(self.table.bytes_of[i])]
         return self._tried[key]
 
-    def _crossing(self, item: _Lit) -> list[int]:
+    def _crossing(self, item: _Lit, closing: bool) -> list[int]:
         if len(item.rest) > 2:
             return []
         return [i for i in self.table.escaping_by_first.get(item.rest[0], ())
-                if len(self.table.bytes_of[i]) > len(item.rest) and self._feed_bytes(item, self.table.bytes_of[i])]
+                if len(self.table.bytes_of[i]) > len(item.rest)
+                and self.settles(self._feed_bytes(item, self.table.bytes_of[i]), closing)]

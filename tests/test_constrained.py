@@ -62,18 +62,24 @@ def test_every_moral_stories_pairs_gold_completion_is_allowed(grammar, tokenizer
 
 
 def walk(grammar, tokenizer, source: str, force_target: bool, rng: random.Random, steps: int = 400,
-         budget: bool = False, favour: float = 0.3, edit_format: str = "tokens") -> str | None:
+         budget: bool = False, favour: float = 0.3, edit_format: str = "tokens", odd: float = 0.0) -> str | None:
     """A random completion through the allowed tokens, special tokens (and, in words, quotes) favoured so that
-    free text ends; with ``budget`` the constraint is told how many of the ``steps`` are left (as decoding
-    does), and forced text is written in long tokens, as a model does (not byte by byte)."""
+    free text ends, and with probability ``odd`` a token with bytes beyond ASCII (half characters and bytes that
+    are no UTF-8, as an untrained model writes); with ``budget`` the constraint is told how many of the
+    ``steps`` are left (as decoding does), and forced text is written in long tokens, as a model does (not byte
+    by byte)."""
     constraint = grammar.constraints([source], Constrain(force_target), edit_format=edit_format)[0]
     ids = []
     special = set(grammar.table.special.values()) | {tokenizer.eos_token_id}
     quotes = {i for i in grammar.table.escaping if b'"' in grammar.table.bytes_of[i]} if edit_format == "words" else set()
     for step in range(steps):
         allowed = constraint.mask(grammar.table.size, steps - step if budget else None).nonzero().squeeze(-1).tolist()
+        assert allowed, f"no token allowed after {completion_text(tokenizer, ids)!r}"
         ends = [t for t in allowed if t in special] or [t for t in allowed if t in quotes]
-        token = rng.choice(ends) if ends and rng.random() < favour else rng.choice(allowed)
+        beyond_ascii = [t for t in allowed if max(grammar.table.bytes_of[t] or b"\0") >= 0x80]
+        chance = rng.random()
+        token = (rng.choice(beyond_ascii) if beyond_ascii and chance < odd
+                 else rng.choice(ends) if ends and chance < odd + favour else rng.choice(allowed))
         if budget and len(allowed) < 100 and token not in special:  # forced text: its longest token
             token = max(allowed, key=lambda t: len(grammar.table.bytes_of[t] or b""))
         constraint.advance(token)
@@ -118,6 +124,24 @@ def test_told_the_tokens_left_a_row_closes_its_chain_in_time(grammar, tokenizer,
         verdict = check_completion(source, text, edit_format)
         assert verdict.valid and (verdict.consistent or not force_target), (source, text)
     assert any(text is None for text in without)
+
+
+@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
+@pytest.mark.parametrize("force_target", [True, False])
+def test_half_characters_and_bytes_that_are_no_utf8_never_leave_a_row_stranded(grammar, tokenizer, force_target,
+                                                                              edit_format):
+    """What an untrained policy writes (constrained RL rollouts start from one): tokens beyond ASCII chosen often,
+    60 or 80 tokens to go. Every mask offers a token, every offered token is taken (no closing quote after half a
+    character), and every row ends in time with a valid chain (forced: the whole target)."""
+    rng = random.Random(2)
+    sources = [s for _, s, _ in triples(10)] + ["Café naïve — “quoted” text."]
+    for k in range(24):
+        source = sources[k % len(sources)]
+        text = walk(grammar, tokenizer, source, force_target, rng, steps=rng.choice([60, 80]), budget=True,
+                    favour=0.1, edit_format=edit_format, odd=0.4)
+        assert text is not None, source
+        verdict = check_completion(source, text, edit_format)
+        assert verdict.valid and (verdict.consistent or not force_target), (source, text, verdict.reason)
 
 
 def test_positions_go_forward_removed_text_is_the_sources_and_no_op_chains_cannot_end(grammar, tokenizer):
@@ -272,3 +296,16 @@ def test_served_answers_apply_under_the_default_constrained_decoding_where_free_
     assert constrained["applies"] and constrained["valid"] and constrained["consistent"]
     assert constrained["result"] == constrained["target"] != request.text
     assert ServeConfig().decoding == "constrained" and ServeConfig().force_target
+
+
+@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
+def test_the_reserve_counts_the_tokens_of_free_text_written_so_far(grammar, tokenizer, edit_format):
+    """Digits and punctuation take a token for every byte or two: the tokens kept to close the chain and write
+    the forced target cover the whole result (a byte estimate left such targets cut short)."""
+    source = "Maya copies the answers from the student."
+    new = ":" + "".join(f" {k}." for k in range(1, 21))
+    opened = ' insert "' + new if edit_format == "words" else "<|ins|> 7 " + new
+    constraint = grammar.constraints([source], Constrain(True), prefixes=[opened], edit_format=edit_format)[0]
+    result = source + " " + new
+    needed = len(tokenizer(result, add_special_tokens=False).input_ids) + 2  # <|tgt|> and EOS
+    assert constraint.reserve(constraint.items) >= needed
