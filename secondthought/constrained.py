@@ -364,16 +364,16 @@ class ChainConstraint:
                 self._result_tokens[chain] = len(self.table.encode(EditChain(chain).apply(self.source)))
             size = self._result_tokens[chain]
             if isinstance(item, _Free) and item.edit is not None:
-                size += max(0, self._count(item.content) - self._count(item.edit.old.encode()))
+                size += max(0, self._count(item.content) - self._count(item.edit.old.encode(), exact=True))
             size += self._count(getattr(item, "pending", b""))
             longest = max(longest, size)
         return 8 + longest
 
-    def _count(self, text: bytes) -> int:
-        """Tokens of a piece of free text (a character left half written counted whole), or one for every 3 bytes
-        where that is more: the slack that closing after long tokens takes (digits and punctuation take a token
-        for every byte or two)."""
-        return max(len(text) // 3, len(self.table.encode(text.decode("utf-8", "replace")))) if text else 0
+    def _count(self, text: bytes, exact: bool = False) -> int:
+        """Tokens of a piece of text (a character left half written counted whole); unless ``exact``, one for
+        every 3 bytes where that is more: the slack that closing after long tokens takes."""
+        count = len(self.table.encode(text.decode("utf-8", "replace"))) if text else 0
+        return count if exact else max(len(text) // 3, count)
 
     def feed_text(self, text: str) -> None:
         """Advance by a piece of completion text (special tokens spelled out), e.g. a corrected prefix of edits."""

@@ -109,7 +109,7 @@ class _Quoted:
 
     def closes(self) -> bool:
         """Whether a quote may close the text now (it is some text, and no escape or character is left open)."""
-        return bool(self.content) and not self.escape and bool(self.feed(b'"'))
+        return not self.escape and bool(self.feed(b'"'))
 
     def allowed(self, closing: bool) -> list[int]:
         if closing and self.closes():  # short of tokens, text that can close does
@@ -118,9 +118,13 @@ class _Quoted:
         key = (self.edit.op, self.escape, bool(self.content), self.content.endswith(b"<"), _partial(self.content),
                m._cursor(self.chain) < len(m.units))
         if self.escape:  # inside an escape: tokens that finish it (plain text's mask is off)
-            return _finishing(m.table, self.escape) + m.tried(key, self, [
-                i for i in m.table.escaping if _scan(m.table.bytes_of[i], self.escape)[0] != -2])
-        return m.tried(key, self, m.table.escaping)
+            tried = m.tried(key, self, [i for i in m.table.escaping
+                                        if _scan(m.table.bytes_of[i], self.escape)[0] != -2])
+        else:
+            tried = m.tried(key, self, m.table.escaping)
+        if closing:  # no quote that closes and runs on into a new edit
+            tried = [i for i in tried if m.settles(self.feed(m.table.bytes_of[i]), closing)]
+        return (_finishing(m.table, self.escape) if self.escape else []) + tried
 
     def free_mask(self, width: int, closing: bool):
         table = self.m.table
