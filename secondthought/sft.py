@@ -9,8 +9,10 @@ under ``ray/`` (``--resume`` continues from the latest of them).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import operator
 import shutil
 import time
 from dataclasses import asdict
@@ -33,7 +35,8 @@ def _dataset(path: Path, limit: int | None = None, costs: list | None = None):
     ds = ray.data.read_parquet(str(path), columns=["input_ids", "prompt_len", "direction", "costs"])
     ds = ds.filter(expr=col("direction") == "forward")
     if costs is not None:  # one row per triple: the chain of the first cost set (prepare always keeps it)
-        ds = ds.filter(fn=lambda row: list(row["costs"]) == costs)
+        same = [col("costs").list.len() == len(costs)] + [col("costs").list[k] == c for k, c in enumerate(costs)]
+        ds = ds.filter(expr=functools.reduce(operator.and_, same))
     ds = ds.select_columns(["input_ids", "prompt_len"])
     return ds.limit(limit) if limit else ds
 
