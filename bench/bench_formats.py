@@ -1,6 +1,7 @@
 """Which way of writing chains works, at one training budget: edit tokens, words, or no chain at all.
 
     python -m bench.bench_formats --out runs/formats            # the bundled sample, the main job's budget
+    python -m bench.bench_formats --out runs/formats-ms --input ms.jsonl --budget-tokens 79000   # more data
 
 Prepares the same triples three ways (``--prepare.edit_format tokens`` and ``words`` with the three default
 cost sets, and ``words`` with the single cost set (1, 1, 1), whose chains replace whole runs of words rather
@@ -90,6 +91,8 @@ def main() -> None:
     parser.add_argument("--test-fraction", type=float, default=0.05)
     parser.add_argument("--epochs", type=float, default=2.0,
                         help="the budget: passes over the edit-token training rows (their tokens)")
+    parser.add_argument("--budget-tokens", type=float,
+                        help="the budget in training tokens, whatever the data's size (default: set by --epochs)")
     parser.add_argument("--max-rows", type=int, help="evaluate on at most this many test rows")
     parser.add_argument("--systems", nargs="+", choices=list(PLANS), default=list(PLANS),
                         help="the models to train and compare (default: all)")
@@ -120,7 +123,7 @@ def main() -> None:
                                            progress=False))
             prepared[name] = folder
         rows, mean = row_tokens(prepared["tokens"], chains=True)
-        budget = args.epochs * rows * mean  # the edit-token rows set the budget
+        budget = args.budget_tokens or args.epochs * rows * mean  # by default the edit-token rows set it
         steps = {}
         for name in args.systems:
             folder, chains = prepared[PLANS[name][0]], PLANS[name][1]
