@@ -347,11 +347,12 @@ class ChainConstraint:
         """Tokens that write the rest of a literal and run on into what follows it (none in this grammar)."""
         return []
 
-    @staticmethod
-    def settles(items: list, closing: bool) -> bool:
-        """Whether a token that leads to ``items`` may be written: one that leads on, and short of tokens, not
-        only into more chain (a quote that closes and runs on into "; delete ...")."""
-        return bool(items) and (not closing or any(not getattr(item, "opens", False) for item in items))
+    def taken(self, ids: list[int], feed: Callable[[bytes], list], closing: bool) -> list[int]:
+        """The tokens of ``ids`` that ``feed`` takes; short of tokens, only those that do not lead into more chain
+        alone (a quote that closes and runs on into "; delete ..."), where there are any."""
+        led = [(i, items) for i in ids if (items := feed(self.table.bytes_of[i]))]
+        settled = [i for i, items in led if any(not getattr(item, "opens", False) for item in items)]
+        return settled if closing and settled else [i for i, _ in led]
 
     def reserve(self, items: list) -> int:
         """Tokens kept to close the chain and write the target: a few for <|tgt|> (after a replace's <|with|> and

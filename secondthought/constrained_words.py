@@ -123,7 +123,7 @@ class _Quoted:
         else:
             tried = m.tried(key, self, m.table.escaping)
         if closing:  # no quote that closes and runs on into a new edit
-            tried = [i for i in tried if m.settles(self.feed(m.table.bytes_of[i]), closing)]
+            tried = m.taken(tried, self.feed, closing)
         return (_finishing(m.table, self.escape) if self.escape else []) + tried
 
     def free_mask(self, width: int, closing: bool):
@@ -181,7 +181,7 @@ class _Span:
         ids = {i for rest in rests for i in m.table.prefix_tokens(rest)}
         firsts = {rest[0] for rest in rests if rest} | ({_QUOTE} if can_close else set())
         tried = [i for b in firsts for i in m.table.escaping_by_first.get(b, ())]
-        return list(ids) + [i for i in tried if i not in ids and m.settles(self.feed(m.table.bytes_of[i]), closing)]
+        return list(ids) + m.taken([i for i in tried if i not in ids], self.feed, closing)
 
 
 class WordsConstraint(ChainConstraint):
@@ -307,6 +307,6 @@ class WordsConstraint(ChainConstraint):
     def _crossing(self, item: _Lit, closing: bool) -> list[int]:
         if len(item.rest) > 2:
             return []
-        return [i for i in self.table.escaping_by_first.get(item.rest[0], ())
-                if len(self.table.bytes_of[i]) > len(item.rest)
-                and self.settles(self._feed_bytes(item, self.table.bytes_of[i]), closing)]
+        longer = [i for i in self.table.escaping_by_first.get(item.rest[0], ())
+                  if len(self.table.bytes_of[i]) > len(item.rest)]
+        return self.taken(longer, lambda data: self._feed_bytes(item, data), closing)

@@ -144,6 +144,19 @@ def test_half_characters_and_bytes_that_are_no_utf8_never_leave_a_row_stranded(g
         assert verdict.valid and (verdict.consistent or not force_target), (source, text, verdict.reason)
 
 
+def test_short_of_tokens_a_quote_that_only_leads_into_another_edit_is_still_offered(grammar):
+    """A space inserted after the last word changes nothing, so the chain must go on: short of tokens the closing
+    quote is still offered (a closing quote is kept from running on into a new edit only where another can
+    end the chain), and the row goes on to its next edit."""
+    source = "Tom shoves past the people."
+    constraint = grammar.constraints([source], Constrain(True), prefixes=[' insert " " after "' + source],
+                                     edit_format="words")[0]
+    allowed = constraint.mask(grammar.table.size, 3).nonzero().squeeze(-1).tolist()
+    assert {grammar.table.bytes_of[i] for i in allowed} == {b'"', b'";'}
+    constraint.advance(grammar.table.by_bytes[b'"'][0])
+    assert constraint.mask(grammar.table.size, 2).any()
+
+
 def test_positions_go_forward_removed_text_is_the_sources_and_no_op_chains_cannot_end(grammar, tokenizer):
     table = grammar.table
     constraint = ChainConstraint(table, "Tom shoves people out of the line.")
