@@ -16,9 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
-from secondthought.constrained import Constrain
-from secondthought.evaluate import _triples, generate
-from secondthought.models import resolve_precision
+from secondthought.decoding.constraints import Constrain
+from secondthought.evaluate.driver import _triples, generate
+from secondthought.models.lm import resolve_precision
 from secondthought.runs import PreparedDir
 
 MODES = {"free": None, "chain": Constrain(force_target=False), "chain+target": Constrain(force_target=True)}

@@ -13,7 +13,7 @@ import random
 import time
 
 from bench.synthetic import real_stories
-from secondthought.edits import compute_edits, split_units
+from secondthought.chains.edits import compute_edits, split_units
 
 COST_SETS = [(1, 1, 1), (1, 1, 2), (1, 1, 1.5)]
 

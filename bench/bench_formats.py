@@ -37,7 +37,7 @@ def row_tokens(prepared, chains: bool) -> tuple[int, float]:
     import pyarrow.dataset as pads
     from transformers import AutoTokenizer
 
-    from secondthought.formatting import TGT
+    from secondthought.chains.text import TGT
 
     tgt = AutoTokenizer.from_pretrained(prepared.tokenizer).convert_tokens_to_ids(TGT)
     first_costs = prepared.manifest()["cost_sets"][0]
@@ -100,11 +100,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from secondthought.config import DataConfig, EvalConfig, RayConfig, SFTConfig
-    from secondthought.evaluate import run_eval
-    from secondthought.prepare import run_prepare
+    from secondthought.evaluate.driver import run_eval
+    from secondthought.prepare.stage import run_prepare
     from secondthought.runs import PreparedDir, ReportDir, TrainingDir, run_once
     from secondthought.runtime import ray_session
-    from secondthought.sft import run_sft
+    from secondthought.sft.driver import run_sft
 
     out = args.out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)

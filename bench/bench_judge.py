@@ -21,7 +21,7 @@ import numpy as np
 
 from secondthought.config import DataConfig, PrepareConfig, RayConfig
 from secondthought.data.schema import judge_held_out
-from secondthought.judge import Judge, JudgeSpec, Labelled, train
+from secondthought.evaluate.judge import Judge, JudgeSpec, Labelled, train
 from secondthought.runs import PreparedDir
 
 
@@ -45,7 +45,7 @@ def main() -> None:
 
     prepared = PreparedDir(args.prepared.resolve())
     if not prepared.done:
-        from secondthought.prepare import run_prepare
+        from secondthought.prepare.stage import run_prepare
 
         run_prepare(DataConfig(dataset=args.dataset, input=[args.input]), PrepareConfig(cost_sets=[(1, 1, 1)],
                     reverse=False), RayConfig(num_cpus=2), prepared.path, progress=False)

@@ -23,7 +23,7 @@ import psutil
 
 from bench.synthetic import write_synthetic
 from secondthought.config import DataConfig, PrepareConfig, RayConfig
-from secondthought.prepare import run_prepare
+from secondthought.prepare.stage import run_prepare
 
 
 class PeakMemory:

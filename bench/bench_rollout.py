@@ -6,7 +6,7 @@
 
 In one run, on the same prompts (Moral Stories sample prompts in the training format) with the same
 sampling settings: (1) ``generate`` one prompt at a time, (2) ``generate`` batched with left padding,
-(3) ``secondthought.inference.sample`` (length-sorted micro-batches, KV cache, finished rows leave
+(3) ``secondthought.decoding.policy.sample`` (length-sorted micro-batches, KV cache, finished rows leave
 the batch). Tokens/s counts generated tokens up to and including EOS. With ``--metrics`` it also
 prints the time split of the RL iterations recorded in an ``rl`` run's metrics.jsonl.
 """
@@ -25,7 +25,7 @@ import torch
 def load_prompts(tokenizer, n: int) -> list[list[int]]:
     from secondthought.config import DataConfig
     from secondthought.data import plan, triples
-    from secondthought.formatting import prompt
+    from secondthought.chains.text import prompt
 
     cfg = DataConfig()
     texts = [prompt(t.context, t.source) for chunk in plan(cfg, 1 << 24) for t in triples(chunk, cfg)
@@ -77,8 +77,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from bench.shapes import SHAPES, model_folder
-    from secondthought.inference import SamplingParams, sample
-    from secondthought.models import TINY_MODELS, load_model, load_tokenizer
+    from secondthought.decoding.policy import SamplingParams, sample
+    from secondthought.models.lm import TINY_MODELS, load_model, load_tokenizer
 
     device = torch.device("cuda" if args.gpu else "cpu")
     if args.model == "smollm2" or args.model in TINY_MODELS or args.model in SHAPES:

@@ -30,7 +30,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def prepared_moral_stories(work: Path) -> Path:
-    from secondthought.prepare import run_prepare
+    from secondthought.prepare.stage import run_prepare
 
     out = work / "prepared"
     run_prepare(DataConfig(dataset="moral-stories", input=[str(SHARED / "moral_stories" / "train.jsonl")]),
@@ -43,7 +43,7 @@ def prepared_synthetic(work: Path, rows: int, seq: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from secondthought.models import load_tokenizer
+    from secondthought.models.lm import load_tokenizer
     from secondthought.runs import PreparedDir, write_json
 
     out = PreparedDir(work / "prepared-synthetic")
@@ -73,7 +73,7 @@ def train_rows(prepared: Path) -> list[dict]:
 
 def ours(prepared: Path, base: Path, work: Path, args) -> dict:
     from secondthought.runs import TrainingDir
-    from secondthought.sft import run_sft
+    from secondthought.sft.driver import run_sft
 
     out = work / "ours"
     cfg = SFTConfig(model=str(base), num_workers=args.workers, use_gpu=args.gpu, micro_batch_size=args.batch,
@@ -92,8 +92,8 @@ def hf_trainer(prepared: Path, base: Path, args) -> dict:
     import torch
     from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
-    from secondthought.batching import Row, collate
-    from secondthought.models import load_model
+    from secondthought.training.batching import Row, collate
+    from secondthought.models.lm import load_model
 
     tokenizer = AutoTokenizer.from_pretrained(prepared / "tokenizer")
     model = load_model(base)

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from secondthought.evaluate import _cell
+from secondthought.evaluate.driver import _cell
 from secondthought.tracking import figure, label
 
 VARIANTS = {"fp32": ["--transfer.precision", "fp32", "--eval.precision", "fp32"], "default": []}

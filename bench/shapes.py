@@ -17,7 +17,7 @@ SHAPES = {
 
 def model_folder(name: str, tokenizer, dest: Path) -> Path:
     """A model folder for ``name``: a shape above (random weights), or whatever ``build_base_model`` takes."""
-    from secondthought.models import build_base_model, build_random_model
+    from secondthought.models.lm import build_base_model, build_random_model
 
     if name in SHAPES:
         return build_random_model(SHAPES[name], tokenizer, dest)

@@ -29,7 +29,7 @@ class Ask:
 
 def sft_ask(cfg: SFTConfig, cluster_cpus: float, what: str = "sft") -> Ask:
     """The Ray Train workers: a bundle each (the CPUs the stage would give them on this cluster)."""
-    from secondthought.sft import cpus_per_worker
+    from secondthought.sft.driver import cpus_per_worker
 
     bundle = {"CPU": cfg.cpus_per_worker or cpus_per_worker(cfg.num_workers, max(cluster_cpus, 2)),
               "GPU": 1.0 if cfg.use_gpu else 0.0}

@@ -53,7 +53,7 @@ VERBOSE = ("--verbose", dict(type=bool, default=False,
 
 
 def _prepare(args: Namespace, s: dict) -> None:
-    from secondthought.prepare import run_prepare
+    from secondthought.prepare.stage import run_prepare
 
     manifest = run_prepare(s["data"], s["prepare"], s["ray"], args.out, overwrite=args.overwrite,
                            progress=args.progress)
@@ -64,7 +64,7 @@ def _prepare(args: Namespace, s: dict) -> None:
 
 
 def _sft(args: Namespace, s: dict) -> None:
-    from secondthought.sft import run_sft
+    from secondthought.sft.driver import run_sft
 
     say(json.dumps(run_sft(args.prepared, s["sft"], s["ray"], args.out, resume=args.resume,
                              overwrite=args.overwrite), indent=2))
@@ -80,7 +80,7 @@ def _rl(args: Namespace, s: dict) -> None:
 def _eval(args: Namespace, s: dict) -> None:
     from pathlib import Path
 
-    from secondthought.evaluate import run_eval
+    from secondthought.evaluate.driver import run_eval
     from secondthought.runs import ReportDir
 
     report = run_eval(args.prepared, args.models, args.base, s["eval"], s["ray"], args.out)
@@ -160,7 +160,7 @@ def _submit(args: Namespace, s: dict) -> int:
 
 
 def _humaneval(args: Namespace, s: dict) -> None:
-    from secondthought import humaneval
+    from secondthought.evaluate import humaneval
 
     if args.action == "export":
         if not args.report:
@@ -178,12 +178,12 @@ def _humaneval(args: Namespace, s: dict) -> None:
 
 
 def _edits(args: Namespace, s: dict) -> None:
-    from secondthought.edit_words import write
-    from secondthought.edits import compute_edits, decipher, serialize
+    from secondthought.chains.edits import compute_edits, decipher
+    from secondthought.chains.formats import FORMATS
 
     chain = compute_edits(args.source, args.target, tuple(args.costs))
-    print(serialize(chain))
-    print(write(chain, args.source).strip())
+    for fmt in FORMATS.values():
+        print(fmt.write(chain, args.source).strip())
     print(decipher(chain))
     print(f"cost {chain.cost:g}")
 

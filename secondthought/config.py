@@ -69,7 +69,7 @@ class PrepareConfig:
     """(insert, delete, replace) word costs; each gives a chain, identical chains are kept once."""
     reverse: bool = True
     """Also write target -> source chains (direction "reverse"): negatives for the RL discriminator."""
-    edit_format: str = "words"
+    edit_format: str = "words"  # the default format, named in this one place
     """How chains are written in the training text: "words" (English that names words: replace "shoves" with
     "asks"; the paper's deciphered edits) or "tokens" (edit tokens and word numbers: <|rep|> 1 shoves <|with|>
     asks). Models trained on the data record it; eval, rl and serving read it from them. Words by default: at one
@@ -84,7 +84,8 @@ class PrepareConfig:
     """Split JSONL inputs into byte ranges of about this many MiB, read in parallel."""
 
     def __post_init__(self) -> None:
-        from secondthought.edits import check_costs
+        from secondthought.chains.edits import check_costs
+        from secondthought.chains.formats import FORMATS
 
         if not self.cost_sets:
             raise ConfigError("--prepare.cost_sets needs at least one (insert, delete, replace) triple")
@@ -92,8 +93,7 @@ class PrepareConfig:
             self.cost_sets = [check_costs(tuple(c)) for c in self.cost_sets]
         except ValueError as e:
             raise ConfigError(f"--prepare.cost_sets: {e}") from None
-        if self.edit_format not in ("tokens", "words"):
-            raise ConfigError(f"--prepare.edit_format must be tokens or words, got {self.edit_format!r}")
+        _choice("--prepare.edit_format", self.edit_format, tuple(FORMATS))
         for name in ("max_tokens", "records_per_block", "chunk_mb"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--prepare.{name} must be at least 1, got {getattr(self, name)}")
@@ -240,7 +240,7 @@ class RLConfig(EngineConfig):
     top_p: float = 1.0
     """Nucleus sampling (1: off)."""
     decoding: str = "constrained"
-    """constrained: rollouts write only chains that fit their source (secondthought.constrained), and the learner
+    """constrained: rollouts write only chains that fit their source (secondthought.decoding.constraints), and the learner
     and the reference score every token under the mask it was sampled with (PPO ratio and KL of the distribution
     sampled from); or free."""
     force_target: bool = False

@@ -30,10 +30,10 @@ from secondthought.runtime import ray_session
 
 def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: RLConfig, evaluation: EvalConfig,
                  ray_cfg: RayConfig, out: str | Path, progress: bool = True, baseline: bool = True) -> dict:
-    from secondthought.evaluate import points, run_eval
-    from secondthought.prepare import run_prepare
+    from secondthought.evaluate.driver import points, run_eval
+    from secondthought.prepare.stage import run_prepare
     from secondthought.rl.driver import run_rl
-    from secondthought.sft import run_sft
+    from secondthought.sft.driver import run_sft
 
     out = resolve_out(out)
     config = json.loads(json.dumps({"data": asdict(data), "prepare": asdict(prepare), "sft": asdict(sft),
@@ -72,7 +72,7 @@ def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: R
         "seconds": round(time.time() - started, 1),
         "rows": {k: stages["prepare"][k] for k in ("rows_in", "rows_out", "rows_quarantined", "chains_out")},
         "sft_model": stages["sft"]["model"],
-        "edit_format": stages["prepare"].get("edit_format", "tokens"),
+        "edit_format": PreparedDir(out / "prepared").edit_format,
         "best_eval_loss": stages["sft"]["best_eval_loss"],
         "model": stages["rl"]["model"],
         "rl_score": [stages["rl"]["first_score"], stages["rl"]["last_score"]],
@@ -107,7 +107,7 @@ def describe(summary: dict) -> str:
         f"SecondThought run finished in {summary['seconds']:.0f}s: {summary['run_dir']}",
         f"  data:   {rows['rows_out']} of {rows['rows_in']} rows used ({rows['rows_quarantined']} quarantined, "
         f"see {summary['quarantine']}), {rows['chains_out']} chains of edits",
-        f"  sft:    {summary['sft_model']} (chains in {summary.get('edit_format', 'tokens')}, best eval loss "
+        f"  sft:    {summary['sft_model']} (chains in {summary['edit_format']}, best eval loss "
         f"{summary['best_eval_loss']:.4f})",
         f"  rl:     {summary['model']} (reward {summary['rl_score'][0]:.3f} -> {summary['rl_score'][1]:.3f})",
         f"  report: {summary['report']} (judge held-out accuracy {summary['judge_accuracy']:.3f})",

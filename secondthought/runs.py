@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from secondthought import console
+from secondthought.chains.formats import LEGACY, EditFormat, edit_format
 from secondthought.config import ConfigError
 
 CONFIG = "config.json"
@@ -31,10 +32,10 @@ MODEL_INFO = "secondthought.json"
 PIPELINE = "pipeline.json"
 TRANSFER = "transfer.json"
 FAULT_MARKER = "fault-injected"
+"""Testing fault tolerance: a run's injected fault happens once, while this file is absent."""
 WORKERS = "workers.json"
 MARKER = ".secondthought"
 """In every folder a command writes: only such a folder is ever emptied (--overwrite)."""
-"""Testing fault tolerance: a run's injected fault happens once, while this file is absent."""
 
 
 def resolve_out(out: str | Path) -> Path:
@@ -87,7 +88,7 @@ class PreparedDir:
     quarantine = _at(QUARANTINE)
     tokenizer = _at("tokenizer", "the tokenizer (edit tokens added) that the token ids refer to")
     data = _at("data")
-    judges = _at("judges", "judges trained on this data by evaluations, reused by later ones (secondthought.judge)")
+    judges = _at("judges", "judges trained on this data by evaluations, reused by later ones (secondthought.evaluate.judge)")
 
     @classmethod
     def open(cls, path: str | Path, flag: str = "--prepared") -> PreparedDir:
@@ -106,8 +107,12 @@ class PreparedDir:
 
     @property
     def edit_format(self) -> str:
-        """How the training text writes chains (data from before the option: "tokens")."""
-        return self.manifest().get("edit_format", "tokens")
+        """The name of the format the training text writes chains in (data from before the option: the legacy one)."""
+        return self.manifest().get("edit_format", LEGACY.name)
+
+    @property
+    def format(self) -> EditFormat:
+        return edit_format(self.edit_format)
 
     def fingerprint(self) -> str:
         """Names this preparation: a redone one (even of the same input) gets another."""
@@ -219,14 +224,18 @@ class ModelInfo:
     """The stage that wrote it: sft or rl (None: a folder from elsewhere)."""
     writes_chains: bool = True
     """Whether the model writes a chain of edits before the target (False: the targets-only baseline)."""
-    edit_format: str = "tokens"
-    """How its chains are written: formatting.EDIT_FORMATS ("tokens" or "words")."""
+    edit_format: str = LEGACY.name
+    """The name of the format its chains are written in (chains.formats.FORMATS)."""
     base_model: Optional[str] = None
     """The pretrained LM its lineage started from (a name such as smollm2, or a folder)."""
     base_folder: Optional[str] = None
     """That LM as a folder with the edit tokens added: the reference for perplexity."""
     trained_from: Optional[str] = None
     """What this stage started from: the base LM (sft) or the policy folder (rl)."""
+
+    @property
+    def format(self) -> EditFormat:
+        return edit_format(self.edit_format)
 
 
 def is_model_folder(path: str | Path) -> bool:

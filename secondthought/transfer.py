@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from secondthought.config import DataConfig, EvalConfig, PrepareConfig, RayConfig, SFTConfig, TransferConfig
-from secondthought.models import resolve_precision
+from secondthought.models.lm import resolve_precision
 from secondthought.runs import (
     CONFIG,
     TRANSFER,
@@ -33,9 +33,9 @@ from secondthought.runtime import ray_session
 
 def run_transfer(model: str | Path, data: DataConfig, cfg: TransferConfig, evaluation: EvalConfig,
                  ray_cfg: RayConfig, out: str | Path, base: str | Path | None = None) -> dict:
-    from secondthought.evaluate import points, run_eval
-    from secondthought.prepare import run_prepare
-    from secondthought.sft import run_sft
+    from secondthought.evaluate.driver import points, run_eval
+    from secondthought.prepare.stage import run_prepare
+    from secondthought.sft.driver import run_sft
 
     model, out = model_folder(model, "--model"), resolve_out(out)
     base = Path(base) if base else base_of(model)

@@ -2,7 +2,7 @@
 
 ``serve run serve/config.yaml``, ``serve deploy serve/config.yaml`` and ``secondthought serve --model DIR`` all
 build it with :func:`build_app` (the config's ``import_path``); a KubeRay RayService embeds the same config. The
-routes' logic is in secondthought.realign (plain functions); the model in secondthought.engine.
+routes' logic is in secondthought.serving.handlers (plain functions); the model in secondthought.serving.replica.
 
 Routes: ``/`` (the correction page), ``/healthz``, ``/v1/realign``, ``/v1/edits/apply``, ``/v1/models``,
 ``/v1/completions`` (OpenAI's shape, ``stream: true`` as server-sent events).
@@ -22,7 +22,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from secondthought.api import (
+from secondthought.serving.requests import (
     ApplyRequest,
     ApplyResponse,
     CompletionRequest,
@@ -30,7 +30,7 @@ from secondthought.api import (
     RealignResponse,
 )
 from secondthought.config import ConfigError, ServeConfig
-from secondthought.realign import (
+from secondthought.serving.handlers import (
     ApiError,
     CompletionJob,
     RealignJob,
@@ -54,22 +54,22 @@ class Realigner:
     def __init__(self, args: dict, name: str):
         import ray
 
-        from secondthought.engine import Engine
+        from secondthought.serving.replica import Replica
 
         cfg = ServeConfig(**args)
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        self.engine = Engine(cfg, name=name, cpus=cpus)
+        self.replica = Replica(cfg, name=name, cpus=cpus)
         for method in (self._realign, self._complete):
             method.set_max_batch_size(cfg.max_batch_size)
             method.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _realign(self, jobs: list[RealignJob]) -> list:
-        return await asyncio.to_thread(self.engine.realign, jobs)
+        return await asyncio.to_thread(self.replica.realign, jobs)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _complete(self, jobs: list[CompletionJob]) -> list:
-        return await asyncio.to_thread(self.engine.complete, jobs)
+        return await asyncio.to_thread(self.replica.complete, jobs)
 
     async def realign(self, job: RealignJob) -> dict:
         return _raised(await self._realign(job))
@@ -78,10 +78,10 @@ class Realigner:
         return _raised(await self._complete(job))
 
     def stream(self, job: CompletionJob):
-        yield from self.engine.stream(job)
+        yield from self.replica.stream(job)
 
     def check_health(self) -> None:
-        self.engine.healthy()
+        self.replica.healthy()
 
 
 def _raised(result):
@@ -147,7 +147,7 @@ class Api:
 
     @api.post("/v1/realign", response_model=RealignResponse)
     async def realign(self, req: RealignRequest) -> dict:
-        return await self._call("realign", realign_job(req, self.cfg, self.info.writes_chains, self.info.edit_format))
+        return await self._call("realign", realign_job(req, self.cfg, self.info.writes_chains, self.info.format))
 
     @api.post("/v1/edits/apply", response_model=ApplyResponse)
     def apply(self, req: ApplyRequest) -> dict:

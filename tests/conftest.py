@@ -35,7 +35,7 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from secondthought.models import load_tokenizer
+    from secondthought.models.lm import load_tokenizer
 
     return load_tokenizer("smollm2")
 

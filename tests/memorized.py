@@ -21,10 +21,10 @@ CORRECTION = ("waits her turn and", "waits patiently and")
 
 def first_edit(source: str, target: str, edit_format: str) -> str:
     """The first edit of the chain from ``source`` to ``target``, written in ``edit_format``."""
-    from secondthought.edits import EditChain, compute_edits
-    from secondthought.formatting import write_chain
+    from secondthought.chains.edits import EditChain, compute_edits
+    from secondthought.chains.formats import FORMATS
 
-    return write_chain(EditChain(compute_edits(source, target).edits[:1]), source, edit_format)
+    return FORMATS[edit_format].write(EditChain(compute_edits(source, target).edits[:1]), source)
 
 
 def memorized_model(tokenizer, dest: Path, steps: int = 100, seed: int = 0, edit_format: str = "tokens") -> Path:
@@ -32,9 +32,10 @@ def memorized_model(tokenizer, dest: Path, steps: int = 100, seed: int = 0, edit
     same after the corrected first edit (so regenerating after a correction has one right answer)."""
     import torch
 
-    from secondthought.edits import compute_edits
-    from secondthought.formatting import completion, prompt, write_chain
-    from secondthought.models import build_base_model, load_model
+    from secondthought.chains.edits import compute_edits
+    from secondthought.chains.formats import FORMATS
+    from secondthought.chains.text import completion, prompt
+    from secondthought.models.lm import build_base_model, load_model
     from secondthought.runs import ModelInfo, write_model_info
 
     build_base_model("tiny-llama", tokenizer, dest, seed=seed)
@@ -42,7 +43,7 @@ def memorized_model(tokenizer, dest: Path, steps: int = 100, seed: int = 0, edit
     context, source, target = triples(1)[0]
     corrected = target.replace(*CORRECTION)
     # the original twice: greedy decoding then writes it (p ~ 2/3) unless the prefix says otherwise
-    texts = [prompt(context, source) + completion(write_chain(compute_edits(source, t), source, edit_format), t)
+    texts = [prompt(context, source) + completion(FORMATS[edit_format].write(compute_edits(source, t), source), t)
              for t in (target, target, corrected)]
     rows = [tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for text in texts]
     torch.manual_seed(seed)

@@ -9,16 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from secondthought.constrained import ChainConstraint, ChainGrammar, Constrain
-from secondthought.edits import compute_edits, serialize
-from secondthought.formatting import EDIT_FORMATS, TGT, check_completion, completion, continued, prompt, write_chain
-from secondthought.inference import Policy, SamplingParams, completion_text
+from secondthought.chains.formats import FORMATS, TOKENS, WORDS
+from secondthought.decoding.constraints import ChainGrammar, Constrain
+from secondthought.decoding.tokens_grammar import TokensConstraint
+from secondthought.chains.edits import compute_edits, serialize
+from secondthought.chains.text import TGT, check_completion, completion, prompt
+from secondthought.decoding.policy import Policy, SamplingParams, completion_text
 
 from tests.conftest import shared_file
 from tests.memorized import CORRECTION, first_edit, triples
 
 
-@pytest.fixture(params=EDIT_FORMATS)
+@pytest.fixture(params=list(FORMATS))
 def memorized_any(request):
     """The memorized model, once per edit format."""
     return request.getfixturevalue("memorized" if request.param == "tokens" else "memorized_words"), request.param
@@ -31,8 +33,8 @@ def grammar(tokenizer):
 
 def gold_is_allowed(grammar, tokenizer, source: str, target: str, force_target: bool, edit_format: str = "tokens",
                     costs=(1, 1, 1)) -> bool:
-    constraint = grammar.constraints([source], Constrain(force_target), edit_format=edit_format)[0]
-    chain = write_chain(compute_edits(source, target, costs), source, edit_format)
+    constraint = grammar.constraints([source], Constrain(force_target), FORMATS[edit_format])[0]
+    chain = FORMATS[edit_format].write(compute_edits(source, target, costs), source)
     ids = tokenizer(completion(chain, target), add_special_tokens=False).input_ids
     for token in ids + [tokenizer.eos_token_id]:
         if not constraint.mask(grammar.table.size)[token]:
@@ -41,7 +43,7 @@ def gold_is_allowed(grammar, tokenizer, source: str, target: str, force_target: 
     return True
 
 
-@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
+@pytest.mark.parametrize("edit_format", list(FORMATS))
 def test_every_sample_pairs_gold_completion_is_allowed_token_by_token(grammar, tokenizer, edit_format):
     pairs = [(source, target) for _, source, target in triples(200)]
     assert len(pairs) >= 50
@@ -50,7 +52,7 @@ def test_every_sample_pairs_gold_completion_is_allowed_token_by_token(grammar, t
             assert gold_is_allowed(grammar, tokenizer, source, target, force_target, edit_format), (source, target)
 
 
-@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
+@pytest.mark.parametrize("edit_format", list(FORMATS))
 def test_every_moral_stories_pairs_gold_completion_is_allowed(grammar, tokenizer, edit_format):
     rows = [json.loads(line) for name in ("train.jsonl", "dev.jsonl")
             for line in shared_file("moral_stories", name).read_text().splitlines()]
@@ -68,7 +70,7 @@ def walk(grammar, tokenizer, source: str, force_target: bool, rng: random.Random
     are no UTF-8, as an untrained model writes); with ``budget`` the constraint is told how many of the
     ``steps`` are left (as decoding does), and forced text is written in long tokens, as a model does (not byte
     by byte)."""
-    constraint = grammar.constraints([source], Constrain(force_target), edit_format=edit_format)[0]
+    constraint = grammar.constraints([source], Constrain(force_target), FORMATS[edit_format])[0]
     ids = []
     special = set(grammar.table.special.values()) | {tokenizer.eos_token_id}
     quotes = {i for i in grammar.table.escaping if b'"' in grammar.table.bytes_of[i]} if edit_format == "words" else set()
@@ -89,7 +91,7 @@ def walk(grammar, tokenizer, source: str, force_target: bool, rng: random.Random
     return None
 
 
-@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
+@pytest.mark.parametrize("edit_format", list(FORMATS))
 @pytest.mark.parametrize("force_target", [True, False])
 def test_whatever_the_constraint_allows_is_a_chain_that_applies_and_changes_the_source(grammar, tokenizer, force_target,
                                                                                        edit_format):
@@ -102,13 +104,13 @@ def test_whatever_the_constraint_allows_is_a_chain_that_applies_and_changes_the_
             if text is None:
                 continue
             finished += 1
-            verdict = check_completion(source, text, edit_format)
+            verdict = check_completion(source, text, FORMATS[edit_format])
             assert verdict.applies and verdict.valid, (source, text, verdict.reason)
             assert verdict.consistent or not force_target, (source, text)
     assert finished >= 40
 
 
-@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
+@pytest.mark.parametrize("edit_format", list(FORMATS))
 @pytest.mark.parametrize("force_target", [True, False])
 def test_told_the_tokens_left_a_row_closes_its_chain_in_time(grammar, tokenizer, force_target, edit_format):
     """A walk that rarely ends free text by itself, with a budget of 60 tokens: every row still writes a target
@@ -121,12 +123,12 @@ def test_told_the_tokens_left_a_row_closes_its_chain_in_time(grammar, tokenizer,
                for s in sources]
     assert all(text is not None for text in with_budget)
     for source, text in zip(sources, with_budget):
-        verdict = check_completion(source, text, edit_format)
+        verdict = check_completion(source, text, FORMATS[edit_format])
         assert verdict.valid and (verdict.consistent or not force_target), (source, text)
     assert any(text is None for text in without)
 
 
-@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
+@pytest.mark.parametrize("edit_format", list(FORMATS))
 @pytest.mark.parametrize("force_target", [True, False])
 def test_half_characters_and_bytes_that_are_no_utf8_never_leave_a_row_stranded(grammar, tokenizer, force_target,
                                                                               edit_format):
@@ -140,7 +142,7 @@ def test_half_characters_and_bytes_that_are_no_utf8_never_leave_a_row_stranded(g
         text = walk(grammar, tokenizer, source, force_target, rng, steps=rng.choice([60, 80]), budget=True,
                     favour=0.1, edit_format=edit_format, odd=0.4)
         assert text is not None, source
-        verdict = check_completion(source, text, edit_format)
+        verdict = check_completion(source, text, FORMATS[edit_format])
         assert verdict.valid and (verdict.consistent or not force_target), (source, text, verdict.reason)
 
 
@@ -149,8 +151,7 @@ def test_short_of_tokens_a_quote_that_only_leads_into_another_edit_is_still_offe
     quote is still offered (a closing quote is kept from running on into a new edit only where another can
     end the chain), and the row goes on to its next edit."""
     source = "Tom shoves past the people."
-    constraint = grammar.constraints([source], Constrain(True), prefixes=[' insert " " after "' + source],
-                                     edit_format="words")[0]
+    constraint = grammar.constraints([source], Constrain(True), WORDS, prefixes=[' insert " " after "' + source])[0]
     allowed = constraint.mask(grammar.table.size, 3).nonzero().squeeze(-1).tolist()
     assert {grammar.table.bytes_of[i] for i in allowed} == {b'"', b'";'}
     constraint.advance(grammar.table.by_bytes[b'"'][0])
@@ -159,7 +160,7 @@ def test_short_of_tokens_a_quote_that_only_leads_into_another_edit_is_still_offe
 
 def test_positions_go_forward_removed_text_is_the_sources_and_no_op_chains_cannot_end(grammar, tokenizer):
     table = grammar.table
-    constraint = ChainConstraint(table, "Tom shoves people out of the line.")
+    constraint = TokensConstraint(table, "Tom shoves people out of the line.")
     width = table.size
     constraint.feed_text("<|del|> 3 out of")
     allowed = constraint.mask(width)
@@ -173,14 +174,14 @@ def test_positions_go_forward_removed_text_is_the_sources_and_no_op_chains_canno
     allowed = constraint.mask(width)
     assert [d for d, i in digits.items() if allowed[i]] == ["5", "6", "7"]  # ins at 5..7 only (7 words)
     with pytest.raises(ValueError, match="does not continue"):
-        ChainConstraint(table, "Tom shoves people.").feed_text("<|del|> 1 pushes")
+        TokensConstraint(table, "Tom shoves people.").feed_text("<|del|> 1 pushes")
 
-    same = ChainConstraint(table, "a b")
+    same = TokensConstraint(table, "a b")
     same.feed_text("<|rep|> 0 a <|with|> a")
     assert not same.mask(width)[table.special[TGT]]  # replacing a with a changes nothing: no target yet
     same.feed_text(" <|del|> 1 b")
     assert same.mask(width)[table.special[TGT]]
-    forced = ChainConstraint(table, "a b", force_target=True, prefix="<|rep|> 0 a <|with|> c")
+    forced = TokensConstraint(table, "a b", force_target=True, prefix="<|rep|> 0 a <|with|> c")
     forced.feed_text(TGT)
     # a forced target is written as the tokenizer spells it (as in training), one token at a time
     assert forced.mask(width).nonzero().squeeze(-1).tolist() == tokenizer("c b", add_special_tokens=False).input_ids[:1]
@@ -192,32 +193,32 @@ def test_in_words_removed_text_and_anchors_are_the_sources_and_land_where_read_p
 
     def allows(constraint, text: str) -> bool:
         try:
-            probe = grammar.constraints([constraint.source], Constrain(constraint.force_target), [text], "words")[0]
+            probe = grammar.constraints([constraint.source], Constrain(constraint.force_target), WORDS, [text])[0]
         except ValueError:
             return False
         return bool(probe.mask(width).any())
 
     source = "the cat saw the dog"
-    start = grammar.constraints([source], Constrain(force_target=True), edit_format="words")[0]
+    start = grammar.constraints([source], Constrain(force_target=True), WORDS)[0]
     assert allows(start, ' replace "the dog" with "a')
     assert not allows(start, ' replace "the bird')  # not the source's words
     assert not allows(start, ' replace "the" after "dog')  # no "the" follows "dog"
     assert allows(start, ' replace "the" after "saw" with "a"') and allows(start, ' delete "cat saw"')
     assert not allows(start, ' delete "dog"; delete "cat')  # behind the cursor
     assert allows(start, ' insert "big" before "dog"') and allows(start, ' insert "!" at the end')
-    forced = grammar.constraints([source], Constrain(force_target=True), [' replace "the" after "saw" with "a"'],
-                                 "words")[0]
+    forced = grammar.constraints([source], Constrain(force_target=True), WORDS,
+                                 [' replace "the" after "saw" with "a"'])[0]
     assert forced.mask(width)[tgt]
     forced.advance(tgt)
     assert forced.mask(width).nonzero().squeeze(-1).tolist() == tokenizer("the cat saw a dog",
                                                                           add_special_tokens=False).input_ids[:1]
-    same = grammar.constraints([source], Constrain(), [' replace "cat" with "cat"'], "words")[0]
+    same = grammar.constraints([source], Constrain(), WORDS, [' replace "cat" with "cat"'])[0]
     assert not same.mask(width)[tgt]  # changes nothing: no target yet
 
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer, tmp_path_factory):
-    from secondthought.models import build_base_model
+    from secondthought.models.lm import build_base_model
 
     return Policy.load(build_base_model("tiny-llama", tokenizer, tmp_path_factory.mktemp("constrained") / "m"))
 
@@ -279,21 +280,21 @@ def test_constrained_greedy_keeps_a_valid_chain_the_model_writes_and_continues_a
     for force in (False, True):
         out = policy.complete(ids, [source], params, constrain=Constrain(force_target=force))[0]
         assert out.text == free.text and out.verdict.consistent
-    prefix = continued(first_edit(source, target.replace(*CORRECTION), edit_format), edit_format)
+    prefix = FORMATS[edit_format].continued(first_edit(source, target.replace(*CORRECTION), edit_format))
     ids = [tokenizer(prompt(context, source) + prefix, add_special_tokens=False).input_ids]
     constraints = policy.constraints([source], Constrain(force_target=True), [prefix])
     written = completion_text(tokenizer, policy.sample(ids, params, constraints=constraints)[0])
-    assert check_completion(source, prefix + written, edit_format).consistent
+    assert check_completion(source, prefix + written, FORMATS[edit_format]).consistent
     assert target.replace(*CORRECTION) == (prefix + written).split(TGT)[1]
 
 
 def test_served_answers_apply_under_the_default_constrained_decoding_where_free_ones_do_not(memorized_any):
     """The memorized model writes its chain for any similar text: with a word put in front, its free chain points
     at the wrong words; the server's default (constrained, target forced) answers a chain that applies."""
-    from secondthought.api import RealignRequest
+    from secondthought.serving.requests import RealignRequest
     from secondthought.config import ServeConfig
-    from secondthought.engine import Engine
-    from secondthought.realign import realign_job
+    from secondthought.serving.replica import Replica
+    from secondthought.serving.handlers import realign_job
 
     memorized, edit_format = memorized_any
     context, source, _ = triples(1)[0]
@@ -303,7 +304,7 @@ def test_served_answers_apply_under_the_default_constrained_decoding_where_free_
     answers = {}
     for decoding in ("free", "constrained"):
         cfg = ServeConfig(model=str(memorized), decoding=decoding)
-        answers[decoding] = Engine(cfg).realign([realign_job(request, cfg, True, edit_format)])[0]
+        answers[decoding] = Replica(cfg).realign([realign_job(request, cfg, True, FORMATS[edit_format])])[0]
     assert not answers["free"]["applies"] and answers["free"]["result"] is None
     constrained = answers["constrained"]
     assert constrained["applies"] and constrained["valid"] and constrained["consistent"]
@@ -311,14 +312,14 @@ def test_served_answers_apply_under_the_default_constrained_decoding_where_free_
     assert ServeConfig().decoding == "constrained" and ServeConfig().force_target
 
 
-@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
+@pytest.mark.parametrize("edit_format", list(FORMATS))
 def test_the_reserve_counts_the_tokens_of_free_text_written_so_far(grammar, tokenizer, edit_format):
     """Digits and punctuation take a token for every byte or two: the tokens kept to close the chain and write
     the forced target cover the whole result (a byte estimate left such targets cut short)."""
     source = "Maya copies the answers from the student."
     new = ":" + "".join(f" {k}." for k in range(1, 21))
     opened = ' insert "' + new if edit_format == "words" else "<|ins|> 7 " + new
-    constraint = grammar.constraints([source], Constrain(True), prefixes=[opened], edit_format=edit_format)[0]
+    constraint = grammar.constraints([source], Constrain(True), FORMATS[edit_format], prefixes=[opened])[0]
     result = source + " " + new
     needed = len(tokenizer(result, add_special_tokens=False).input_ids) + 2  # <|tgt|> and EOS
     assert constraint.reserve(constraint.items) >= needed

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from secondthought import data as datasets
 from secondthought.config import DataConfig
 from secondthought.data.schema import Triple
-from secondthought.edit_words import locate, parse, quoted, read, unquoted, write
-from secondthought.edits import EditApplyError, EditFormatError, compute_edits
-from secondthought.formatting import check_completion, completion
+from secondthought.chains.words import locate, parse, quoted, read, unquoted, write
+from secondthought.chains.edits import EditApplyError, EditFormatError, compute_edits
+from secondthought.chains.formats import WORDS
+from secondthought.chains.text import check_completion, completion
 from tests.conftest import shared_file
 from tests.test_edits import COST_SETS, texts
 
@@ -32,7 +33,7 @@ def test_instructions_read_like_the_papers_deciphered_edits():
     source, target = "Tom shoves the kid out of the line to go first.", "Tom asks the kid to let him go first."
     assert round_trip(source, target) == (' replace "shoves" with "asks"; replace "out of the" with "to let him"; '
                                           'delete "line to"')
-    assert check_completion(source, completion(round_trip(source, target), target), "words").consistent
+    assert check_completion(source, completion(round_trip(source, target), target), WORDS).consistent
 
 
 def test_a_repeated_word_is_singled_out_by_the_word_before_it_not_by_a_number():
@@ -110,6 +111,6 @@ def test_malformed_text_names_the_problem_and_a_missing_word_names_the_word():
     with pytest.raises(EditApplyError, match="after 'sat'"):
         locate(parse(' delete "the" after "sat"'), "the cat saw the dog")
     assert read("", "anything").edits == ()
-    verdict = check_completion("the dog", ' delete "cat"<|tgt|>the', "words")
+    verdict = check_completion("the dog", ' delete "cat"<|tgt|>the', WORDS)
     assert verdict.parses and not verdict.applies and "not in the source" in verdict.reason
-    assert not check_completion("the dog", ' remove "dog"<|tgt|>the', "words").parses
+    assert not check_completion("the dog", ' remove "dog"<|tgt|>the', WORDS).parses

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secondthought.edits import (
+from secondthought.chains.edits import (
     Edit,
     EditApplyError,
     EditChain,

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from secondthought.config import ConfigError, EvalConfig
-from secondthought.constrained import ChainConstraint, Constrain
-from secondthought.evaluate import EvalRow, bootstrap, corpus_bleu_of, markdown, rouge_l, word_diff
-from secondthought.formatting import TGT
-from secondthought.judge import Labelled
+from secondthought.decoding.constraints import Constrain
+from secondthought.decoding.tokens_grammar import TokensConstraint
+from secondthought.evaluate.driver import EvalRow, bootstrap, corpus_bleu_of, markdown, rouge_l, word_diff
+from secondthought.chains.text import TGT
+from secondthought.evaluate.judge import Labelled
 
 
 def test_bleu_and_rouge_from_the_libraries():
@@ -84,7 +85,7 @@ def test_eval_config_errors():
 def test_precision_auto_resolves_to_a_dtype_and_explicit_settings_stay():
     import torch
 
-    from secondthought.models import resolve_precision, torch_dtype
+    from secondthought.models.lm import resolve_precision, torch_dtype
 
     assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
     assert resolve_precision("auto") in ("bf16", "fp32")
@@ -95,7 +96,7 @@ def test_precision_auto_resolves_to_a_dtype_and_explicit_settings_stay():
 
 def test_eval_refuses_bad_systems_and_base_before_any_work(tmp_path):
     from secondthought.config import RayConfig
-    from secondthought.evaluate import run_eval
+    from secondthought.evaluate.driver import run_eval
     from secondthought.runs import MANIFEST
 
     prepared = tmp_path / "prepared"
@@ -123,9 +124,9 @@ def test_eval_decodes_each_model_in_parts_over_the_cpus_and_keeps_every_row_in_o
     import torch
 
     from secondthought.config import DataConfig, PrepareConfig, RayConfig
-    from secondthought.evaluate import _triples, run_eval
-    from secondthought.inference import Policy, SamplingParams
-    from secondthought.prepare import run_prepare
+    from secondthought.evaluate.driver import _triples, run_eval
+    from secondthought.decoding.policy import Policy, SamplingParams
+    from secondthought.prepare.stage import run_prepare
     from secondthought.runs import PreparedDir
 
     prepared = tmp_path / "prepared"
@@ -150,7 +151,7 @@ def test_eval_decodes_each_model_in_parts_over_the_cpus_and_keeps_every_row_in_o
     assert [s["system"] for s in report["systems"]] == ["copy", "reference", "memorized", "memorized (constrained)"]
     assert [w["memorized (constrained)"] for w in written] == [o.text for o in constrained]
     for row, out in zip(rows, constrained):  # every chain, finished or cut at max_new_tokens, fits its source
-        ChainConstraint(Policy.load(memorized).grammar.table, row.source).feed_text(out.text)
+        TokensConstraint(Policy.load(memorized).grammar.table, row.source).feed_text(out.text)
     finished = sum(o.verdict.valid for o in constrained if TGT in o.text)
     validity = {s["system"]: s["metrics"]["validity"][0] for s in report["systems"][2:]}
     assert validity["memorized (constrained)"] == finished / 12 >= validity["memorized"]

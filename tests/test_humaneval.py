@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from secondthought.config import ConfigError, HumanEvalConfig
-from secondthought.humaneval import KEY, SHEET, SheetError, export, import_sheets
+from secondthought.evaluate.humaneval import KEY, SHEET, SheetError, export, import_sheets
 
 SYSTEMS = ["copy", "reference", "sft-edits"]
 TRUE_MEAN = {"copy": 2.0, "reference": 6.0, "sft-edits": 4.0}

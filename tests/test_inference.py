@@ -2,15 +2,15 @@
 
 import pytest
 
-from secondthought.edits import compute_edits, serialize
-from secondthought.formatting import TGT, completion, prompt
-from secondthought.inference import Policy, SamplingParams
+from secondthought.chains.edits import compute_edits, serialize
+from secondthought.chains.text import TGT, completion, prompt
+from secondthought.decoding.policy import Policy, SamplingParams
 from secondthought.runs import ModelInfo, write_model_info
 
 
 @pytest.fixture(scope="module")
 def folder(tokenizer, tmp_path_factory):
-    from secondthought.models import build_base_model
+    from secondthought.models.lm import build_base_model
 
     return build_base_model("tiny-llama", tokenizer, tmp_path_factory.mktemp("inference") / "m")
 
@@ -52,7 +52,7 @@ def test_batched_scoring_equals_one_row_at_a_time(folder, tokenizer):
 
     import torch
 
-    from secondthought.inference import mean_nll
+    from secondthought.decoding.policy import mean_nll
 
     model = Policy.load(folder).model
 

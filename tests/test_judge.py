@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from secondthought.judge import HEAD, Judge, JudgeSpec, Labelled, cached, train
+from secondthought.evaluate.judge import HEAD, Judge, JudgeSpec, Labelled, cached, train
 from tests.conftest import shared_file
 
 

@@ -1,27 +1,38 @@
-"""The layering the design asks for, read from the source: pure modules import neither Ray nor a stage, and
-no stage imports another stage (they meet only in run directories, through secondthought.runs)."""
+"""The layering the design asks for, read from the source: each folder of the tree is a layer, a module imports
+only from its own layer or lower ones, no two stages import each other (they meet only in run directories,
+through secondthought.runs), no import circle, and only the modules that orchestrate Ray import it."""
 
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "secondthought"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "secondthought"
 
-STAGES = {
-    "prepare": ("secondthought.prepare",),
-    "sft": ("secondthought.sft", "secondthought.sft_worker"),
-    "rl": ("secondthought.rl.driver", "secondthought.rl.actors", "secondthought.rl.group",
-           "secondthought.rl.placement"),
-    "eval": ("secondthought.evaluate",),
-}
-ORCHESTRATORS = ("secondthought.cli", "secondthought.pipeline", "secondthought.transfer", "secondthought.runtime")
-"""They compose stages (or start Ray for them) by design."""
+LAYERS = (
+    ("secondthought.chains",),
+    ("secondthought.config", "secondthought.console"),
+    ("secondthought.data", "secondthought.runs", "secondthought.tracking", "secondthought.runtime"),
+    ("secondthought.models", "secondthought.decoding", "secondthought.training"),
+    ("secondthought.prepare", "secondthought.sft", "secondthought.rl", "secondthought.evaluate",
+     "secondthought.serving"),
+    ("secondthought.pipeline", "secondthought.transfer", "secondthought.commands"),
+    ("secondthought.cli", "jobs", "serve", "cluster"),
+)
+"""Lowest first, as module-name prefixes (a folder, or a module directly in secondthought/)."""
+STAGES = ("secondthought.prepare", "secondthought.sft", "secondthought.rl", "secondthought.evaluate")
+"""They talk only through run directories."""
+RAY = {"secondthought.runtime", "secondthought.cli", "secondthought.prepare.stage", "secondthought.sft.driver",
+       "secondthought.sft.worker", "secondthought.rl.actors", "secondthought.rl.driver", "secondthought.rl.group",
+       "secondthought.rl.placement", "secondthought.evaluate.driver"}
+"""The only modules of the library that import Ray: the rest is pure (edit chains, decoding, PPO math, judges)."""
 
 
 def module_names() -> dict[str, Path]:
     names = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for folder in (PACKAGE, ROOT / "jobs", ROOT / "serve", ROOT / "cluster"):
+        for path in folder.rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return names
 
 
@@ -37,26 +48,34 @@ def imports(path: Path) -> set[str]:
     return found
 
 
+def _under(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def layer_of(module: str) -> int | None:
+    return next((i for i, layer in enumerate(LAYERS) for prefix in layer if _under(module, prefix)), None)
+
+
 def stage_of(module: str) -> str | None:
-    return next((stage for stage, members in STAGES.items() if module in members), None)
+    return next((stage for stage in STAGES if _under(module, stage)), None)
 
 
-def test_the_stage_table_names_real_modules():
+def ours(path: Path) -> set[str]:
+    """The project's modules ``path`` imports (a name imported from a module counts as that module)."""
     names = module_names()
-    for members in STAGES.values():
-        assert set(members) <= set(names), set(members) - set(names)
-    assert set(ORCHESTRATORS) <= set(names)
+    return {m if m in names else m.rpartition(".")[0] for m in imports(path)
+            if m in names or m.rpartition(".")[0] in names}
 
 
-def test_pure_modules_import_neither_ray_nor_a_stage():
-    pure = {name: path for name, path in module_names().items()
-            if stage_of(name) is None and name not in ORCHESTRATORS}
-    assert {"secondthought.edits", "secondthought.runs", "secondthought.inference", "secondthought.rl.ppo",
-            "secondthought.training", "secondthought.config", "secondthought.judge"} <= set(pure)
-    for name, path in pure.items():
-        found = imports(path)
-        assert not {m for m in found if m == "ray" or m.startswith("ray.")}, f"{name} imports Ray"
-        assert not {m for m in found if stage_of(m)}, f"{name} imports a stage: {sorted(m for m in found if stage_of(m))}"
+def test_every_module_has_a_layer():
+    assert not [name for name in module_names() if name != "secondthought" and layer_of(name) is None]
+
+
+def test_no_module_imports_from_a_higher_layer():
+    for name, path in module_names().items():
+        mine = layer_of(name)
+        higher = {m for m in ours(path) if (layer_of(m) or 0) > (mine or 0)}
+        assert not higher, f"{name} (layer {mine}) imports {sorted(higher)} from above"
 
 
 def test_no_stage_imports_another_stage():
@@ -64,15 +83,48 @@ def test_no_stage_imports_another_stage():
         mine = stage_of(name)
         if mine is None:
             continue
-        others = {m: stage_of(m) for m in imports(path) if stage_of(m) not in (None, mine)}
+        others = {m: stage_of(m) for m in ours(path) if stage_of(m) not in (None, mine)}
         assert not others, f"{name} (stage {mine}) imports {others}"
 
 
+def test_no_import_circle():
+    graph = {name: ours(path) - {name} for name, path in module_names().items()}
+    done: set[str] = set()
+
+    def visit(node: str, trail: list[str]) -> None:
+        if node in trail:
+            raise AssertionError("import circle: " + " -> ".join(trail[trail.index(node):] + [node]))
+        if node in done:
+            return
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt, trail + [node])
+        done.add(node)
+
+    for name in sorted(graph):
+        visit(name, [])
+
+
+def test_only_the_orchestrating_modules_import_ray():
+    assert RAY <= set(module_names())
+    for name, path in module_names().items():
+        if not name.startswith("secondthought") or name in RAY:
+            continue
+        assert not {m for m in imports(path) if m == "ray" or m.startswith("ray.")}, f"{name} imports Ray"
+
+
 def test_serving_imports_the_inference_side_only():
-    """serve/ (the Serve application) and the serving library import no training or evaluation stage."""
-    serving = [*sorted((PACKAGE.parent / "serve").glob("*.py")),
-               *(PACKAGE / f"{name}.py" for name in ("api", "realign", "engine"))]
-    for path in serving:
-        staged = {m: stage_of(m) for m in imports(path) if stage_of(m)}
-        assert not staged, f"{path.name} imports {staged}"
-    assert "secondthought.engine" in imports(PACKAGE.parent / "serve" / "app.py")
+    """serve/ (the Serve application) and secondthought/serving import no training or evaluation stage."""
+    serving = {name: path for name, path in module_names().items()
+               if _under(name, "serve") or _under(name, "secondthought.serving")}
+    for name, path in serving.items():
+        staged = {m: stage_of(m) for m in ours(path) if stage_of(m)}
+        assert not staged, f"{name} imports {staged}"
+    assert "secondthought.serving.replica" in ours(ROOT / "serve" / "app.py")
+
+
+def test_the_tree_stays_small():
+    """At most 12 modules directly in secondthought/, none over 400 lines."""
+    top = [p for p in PACKAGE.glob("*.py") if p.name != "__init__.py"]
+    assert len(top) <= 12, sorted(p.name for p in top)
+    long = {name: n for name, path in module_names().items() if (n := len(path.read_text().splitlines())) > 400}
+    assert not long, long

@@ -4,10 +4,11 @@ import pyarrow.dataset as pads
 import pytest
 
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig
-from secondthought.edits import augment
-from secondthought.examples import Encoder
-from secondthought.formatting import EDIT_FORMATS, SEP, TGT, completion, prompt, read_chain
-from secondthought.prepare import run_prepare
+from secondthought.chains.edits import augment
+from secondthought.prepare.examples import Encoder
+from secondthought.chains.formats import FORMATS
+from secondthought.chains.text import SEP, TGT, completion, prompt
+from secondthought.prepare.stage import run_prepare
 from tests.conftest import SAMPLE, shared_file
 from tests.test_data import STORY
 
@@ -16,7 +17,7 @@ def read_split(out, split):
     return pads.dataset(out / "data" / split, format="parquet").to_table().to_pylist()
 
 
-@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
+@pytest.mark.parametrize("edit_format", list(FORMATS))
 def test_prepare_reconciles_every_row_and_writes_checkable_examples(ray_local, tmp_path, tokenizer, edit_format):
     path = tmp_path / "stories.jsonl"
     good = [{**STORY, "ID": f"g{i}", "moral_action": f"Ann walks around dog number {i}."} for i in range(40)]
@@ -40,7 +41,7 @@ def test_prepare_reconciles_every_row_and_writes_checkable_examples(ray_local, t
     assert {r["direction"] for r in rows} == {"forward", "reverse"}
     assert sum(manifest["chain_length"]["histogram"].values()) == len(rows)
     for row in rows:
-        assert read_chain(row["chain"], row["source"], edit_format).apply(row["source"]) == row["target"]
+        assert FORMATS[edit_format].read(row["chain"], row["source"]).apply(row["source"]) == row["target"]
         assert row["chain"].startswith(("<|", " replace", " insert", " delete")[0 if edit_format == "tokens" else 1:])
         text = tokenizer.decode(row["input_ids"])
         assert text == prompt(row["context"], row["source"]) + completion(row["chain"], row["target"]) + tokenizer.eos_token
@@ -69,10 +70,10 @@ def test_prepare_real_moral_stories_and_too_long_rows(ray_local, tmp_path):
     assert len(lines) == manifest["rows_quarantined"]
 
 
-@pytest.mark.parametrize("edit_format", EDIT_FORMATS)
+@pytest.mark.parametrize("edit_format", list(FORMATS))
 @pytest.mark.parametrize("source", ["bundled sample", "moral stories dev"])
 def test_fast_encoding_equals_tokenizing_the_whole_text(tokenizer, source, edit_format):
-    encoder = Encoder(tokenizer, edit_format)
+    encoder = Encoder(tokenizer, FORMATS[edit_format])
     assert encoder.by_pieces
     path = SAMPLE if source == "bundled sample" else shared_file("moral_stories", "dev.jsonl")
     with open(path) as f:
@@ -93,7 +94,7 @@ def test_a_record_an_adapter_loses_is_caught_by_the_independent_count(tmp_path, 
 
     from secondthought import data as datasets
     from secondthought.data import moral_stories
-    from secondthought.prepare import _read_blocks, reconcile
+    from secondthought.prepare.stage import _read_blocks, reconcile
 
     path = tmp_path / "s.jsonl"
     path.write_text("".join(json.dumps({"ID": f"s{i}", "norm": "Be kind.", "situation": "A dog.", "intention": "Pass.",
@@ -125,7 +126,7 @@ def test_the_judge_never_sees_what_rl_trains_on(ray_local, tmp_path):
     """The judge's training triples and the RL stage's prompts and discriminator negatives are disjoint
     halves of the training split."""
     from secondthought.data.schema import judge_held_out
-    from secondthought.evaluate import _triples
+    from secondthought.evaluate.driver import _triples
     from secondthought.rl.prompts import load_prompts
     from secondthought.runs import PreparedDir
 

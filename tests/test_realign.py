@@ -1,14 +1,15 @@
-"""The serving routes' logic as plain functions and the Engine, without Ray: what the Serve deployments call."""
+"""The serving routes' logic as plain functions and the Replica, without Ray: what the Serve deployments call."""
 
 from __future__ import annotations
 
 import pytest
 
-from secondthought.api import ApplyRequest, CompletionRequest, EditIn, RealignRequest
+from secondthought.serving.requests import ApplyRequest, CompletionRequest, EditIn, RealignRequest
 from secondthought.config import ServeConfig
-from secondthought.edits import compute_edits, serialize
-from secondthought.formatting import TGT, prompt
-from secondthought.realign import (
+from secondthought.chains.edits import compute_edits, serialize
+from secondthought.chains.formats import TOKENS, WORDS
+from secondthought.chains.text import TGT, prompt
+from secondthought.serving.handlers import (
     ApiError,
     apply_edits,
     completion_jobs,
@@ -23,7 +24,7 @@ SOURCE, TARGET = "Tom kicks the dog hard.", "Tom pets the dog gently."
 
 
 def job(**kw):
-    return realign_job(RealignRequest(text=SOURCE, **kw), CFG, writes_chains=True)
+    return realign_job(RealignRequest(text=SOURCE, **kw), CFG, writes_chains=True, fmt=TOKENS)
 
 
 def test_apply_takes_words_as_a_person_writes_them_or_a_serialized_chain():
@@ -66,7 +67,7 @@ def test_a_prefix_is_part_of_the_chain_and_kept_when_the_rest_does_not_parse():
 
 
 def test_a_model_that_writes_words_gets_the_prefix_in_words_and_answers_the_chain_serialized():
-    j = realign_job(RealignRequest(text=SOURCE, chain="<|rep|> 1 kicks <|with|> pets"), CFG, True, "words")
+    j = realign_job(RealignRequest(text=SOURCE, chain="<|rep|> 1 kicks <|with|> pets"), CFG, True, WORDS)
     assert j.prompt == prompt("", SOURCE) + ' replace "kicks" with "pets'  # the model writes the quote (and ";)
     whole = realign_answer(j, f'"; replace "hard." with "gently."{TGT}{TARGET}', True, "m", 1, 1)
     assert whole["result"] == TARGET and whole["consistent"] and whole["valid"]
@@ -78,12 +79,12 @@ def test_a_model_that_writes_words_gets_the_prefix_in_words_and_answers_the_chai
 
 
 def test_a_targets_only_model_shows_its_change_as_edits_from_the_diff():
-    j = realign_job(RealignRequest(text=SOURCE), CFG, writes_chains=False)
+    j = realign_job(RealignRequest(text=SOURCE), CFG, writes_chains=False, fmt=TOKENS)
     answer = realign_answer(j, f"{TGT}{TARGET}", False, "m", 1, 1)
     assert answer["edits_from"] == "diff" and answer["result"] == TARGET and answer["valid"]
     assert [e["op"] for e in answer["edits"]] == ["rep", "rep"]
     with pytest.raises(ApiError, match="writes targets only"):
-        realign_job(RealignRequest(text=SOURCE, chain="<|del|> 1 kicks"), CFG, writes_chains=False)
+        realign_job(RealignRequest(text=SOURCE, chain="<|del|> 1 kicks"), CFG, writes_chains=False, fmt=TOKENS)
 
 
 def test_generation_limits_and_stop_sequences():
@@ -97,10 +98,10 @@ def test_generation_limits_and_stop_sequences():
 
 
 def test_the_engine_streams_the_same_text_it_completes_and_holds_back_a_stop(memorized):
-    from secondthought.engine import Engine
-    from secondthought.realign import CompletionJob, Sampling
+    from secondthought.serving.replica import Replica
+    from secondthought.serving.handlers import CompletionJob, Sampling
 
-    engine = Engine(ServeConfig(model=str(memorized)))
+    engine = Replica(ServeConfig(model=str(memorized)))
     context, source, target = triples(1)[0]
     whole = CompletionJob(prompt(context, source), Sampling(100))
     [(text, reason, _, n)] = engine.complete([whole])
@@ -110,7 +111,7 @@ def test_the_engine_streams_the_same_text_it_completes_and_holds_back_a_stop(mem
     cut = CompletionJob(whole.prompt, Sampling(100), stops=(TGT,))
     assert "".join(t for t, _ in engine.stream(cut)) == text.split(TGT)[0]
     [answer] = engine.realign([realign_job(RealignRequest(context=context, text=source), ServeConfig(model="x"),
-                                           True)])
+                                           True, TOKENS)])
     assert answer["result"] == target and answer["consistent"]
     too_long = CompletionJob("a " * 3000, Sampling(100))
     [refused] = engine.complete([too_long])

@@ -8,7 +8,7 @@ import pytest
 import ray
 
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig, RLConfig
-from secondthought.prepare import run_prepare
+from secondthought.prepare.stage import run_prepare
 from secondthought.rl.driver import run_rl
 from secondthought.tracking import read_metrics
 from tests.processes import ProcessWatch
@@ -25,7 +25,7 @@ def prepared(ray_local, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def policy(tokenizer, tmp_path_factory):
-    from secondthought.models import build_base_model
+    from secondthought.models.lm import build_base_model
 
     return build_base_model("tiny-llama", tokenizer, tmp_path_factory.mktemp("rl") / "policy")
 

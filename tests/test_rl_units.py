@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from secondthought.config import ConfigError, RLConfig
-from secondthought.edits import compute_edits, serialize
-from secondthought.formatting import check_completion, completion
+from secondthought.chains.edits import compute_edits, serialize
+from secondthought.chains.formats import TOKENS
+from secondthought.chains.text import check_completion, completion
 from secondthought.rl import ppo
 from secondthought.rl.experience import Sample, collate, padded, shards, unpadded
-from secondthought.inference import SamplingParams, next_tokens, sample
+from secondthought.decoding.policy import SamplingParams, next_tokens, sample
 from secondthought.rl.placement import plan as placement
 from secondthought.rl.prompts import Prompts
 from secondthought.rl.reward import Scored, discriminator_pair, reverse_negative, validity
@@ -125,7 +126,7 @@ def test_collate_lays_prompts_left_and_completions_right():
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer, tmp_path_factory):
-    from secondthought.models import build_base_model, load_model
+    from secondthought.models.lm import build_base_model, load_model
 
     return load_model(build_base_model("tiny-llama", tokenizer, tmp_path_factory.mktemp("tiny") / "m")).eval()
 
@@ -172,21 +173,21 @@ def test_validity_reward_and_discriminator_text():
     source, target = "I shove him away.", "I ask him to leave."
     chain = serialize(compute_edits(source, target))
     good = completion(chain, target)
-    items = [Scored("", source, target, good, ()), Scored("", source, target, completion(chain, "I ask."), ()),
-             Scored("", "We walk.", target, good, ()), Scored("", source, target, "no edits", ())]
+    items = [Scored("", source, target, good, (), TOKENS), Scored("", source, target, completion(chain, "I ask."), (), TOKENS),
+             Scored("", "We walk.", target, good, (), TOKENS), Scored("", source, target, "no edits", (), TOKENS)]
     assert validity(items).tolist() == [1.0, 0.0, -1.0, -1.0]
-    assert check_completion("We walk.", good).reason.startswith("chain does not apply")
+    assert check_completion("We walk.", good, TOKENS).reason.startswith("chain does not apply")
     # copying the source, with an empty chain or one that replaces a word by itself, is no correction
     same = completion("<|rep|> 1 shove <|with|> shove", source)
-    copies = [Scored("", source, target, completion("", source), ()), Scored("", source, target, same, ())]
+    copies = [Scored("", source, target, completion("", source), (), TOKENS), Scored("", source, target, same, (), TOKENS)]
     assert validity(copies).tolist() == [-1.0, -1.0]
-    assert check_completion(source, same).reason == "the chain changes nothing"
-    assert check_completion(source, completion("", source)).no_op and not check_completion(source, good).no_op
-    first, second = discriminator_pair("Be kind.", source, chain, target)
+    assert check_completion(source, same, TOKENS).reason == "the chain changes nothing"
+    assert check_completion(source, completion("", source), TOKENS).no_op and not check_completion(source, good, TOKENS).no_op
+    first, second = discriminator_pair("Be kind.", source, chain, target, TOKENS)
     assert first == "Be kind. I shove him away." and second.endswith("=> I ask him to leave.")
     # a reversed chain's negative starts like the positive of the same triple: only the edits differ
     back = serialize(compute_edits(target, source))
-    negative = reverse_negative("Be kind.", target, back, source)
+    negative = reverse_negative("Be kind.", target, back, source, TOKENS)
     assert negative[0] == first and negative[1].endswith("=> I shove him away.") and negative[1] != second
     assert "shove" in second and "<|" not in second  # the chain in plain words for the encoder
 

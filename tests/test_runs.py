@@ -15,7 +15,7 @@ from secondthought.runs import (
     run_once,
     write_model_info,
 )
-from secondthought.training import deepspeed_files_complete, newest_checkpoint
+from secondthought.training.engine import deepspeed_files_complete, newest_checkpoint
 
 
 def fake_model(folder):
@@ -105,7 +105,7 @@ def user_folder(path):
 
 def test_no_command_empties_a_folder_it_did_not_write(tmp_path):
     from secondthought.config import DataConfig, PrepareConfig, RayConfig
-    from secondthought.prepare import run_prepare
+    from secondthought.prepare.stage import run_prepare
     from secondthought.runs import claim
 
     mine = user_folder(tmp_path / "mine")
@@ -129,9 +129,9 @@ def test_no_command_empties_a_folder_it_did_not_write(tmp_path):
 
 def test_bad_inputs_are_found_before_an_earlier_result_is_touched(tmp_path):
     from secondthought.config import DataConfig, PrepareConfig, RayConfig, SFTConfig
-    from secondthought.prepare import run_prepare
+    from secondthought.prepare.stage import run_prepare
     from secondthought.runs import claim
-    from secondthought.sft import run_sft
+    from secondthought.sft.driver import run_sft
 
     prepared = claim(tmp_path / "prepared", "prepared")
     (prepared / "manifest.json").write_text("{}")

@@ -118,7 +118,7 @@ def test_not_json_and_a_prompt_too_long_for_the_model(server):
 def test_the_openai_client_lists_completes_and_streams(server, example):
     from openai import OpenAI
 
-    from secondthought.formatting import prompt
+    from secondthought.chains.text import prompt
 
     url, _ = server
     context, source, target = example

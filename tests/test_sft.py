@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 import ray.train
 import torch
 
-from secondthought.batching import Row, bucketed, collate, lr_factor, micro_batches_per_epoch, rows_of_rank
+from secondthought.training.batching import Row, bucketed, collate, lr_factor, micro_batches_per_epoch, rows_of_rank
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig, SFTConfig
-from secondthought.prepare import run_prepare
-from secondthought.sft import run_sft
+from secondthought.prepare.stage import run_prepare
+from secondthought.sft.driver import run_sft
 from tests.conftest import shared_file
 
 TINY = dict(model="tiny-llama", micro_batch_size=4, lr=3e-3, warmup_fraction=0.0, log_every=100)
@@ -125,7 +125,7 @@ def test_loss_goes_down_with_zero3_and_the_export_is_the_trained_model(data, req
 
 
 def loss_on(model_dir, prepared, split: str, n: int = 8) -> float:
-    from secondthought.models import load_model
+    from secondthought.models.lm import load_model
     from secondthought.runs import PreparedDir
 
     rows, _ = PreparedDir(prepared).first_chains(split, [])
@@ -170,7 +170,7 @@ def test_rng_state_round_trips_through_plain_json():
     import json
     import random
 
-    from secondthought.sft_worker import _rng_state, _set_rng_state
+    from secondthought.sft.worker import _rng_state, _set_rng_state
 
     random.seed(1), np.random.seed(2), torch.manual_seed(3), np.random.randn()  # numpy holds a cached gaussian
     saved = json.loads(json.dumps(_rng_state()))

@@ -5,14 +5,14 @@ import json
 import pytest
 
 from secondthought.config import DataConfig, EvalConfig, RayConfig, TransferConfig
-from secondthought.models import resolve_precision
+from secondthought.models.lm import resolve_precision
 from secondthought.transfer import run_transfer
 from tests.conftest import shared_file
 
 
 @pytest.mark.parametrize("dataset", ["sample", pytest.param("ethics-deontology", marks=pytest.mark.slow)])
 def test_transfer_adapts_with_k_examples_and_evaluates_each(dataset, ray_local, tokenizer, tmp_path, capsys):
-    from secondthought.models import build_base_model
+    from secondthought.models.lm import build_base_model
 
     model = build_base_model("tiny-llama", tokenizer, tmp_path / "ms" / "model")
     if dataset == "sample":

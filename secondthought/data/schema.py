@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from secondthought.data.records import RawRecord
-from secondthought.formatting import SPECIAL_TOKENS
+from secondthought.chains.text import SPECIAL_TOKENS
 
 SPLITS = ("train", "eval", "test")
 _SPLIT_NAMES = {"train": "train", "dev": "eval", "val": "eval", "valid": "eval", "validation": "eval",

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from secondthought import rendezvous
+from secondthought.training import rendezvous
 from secondthought.rl.experience import Sample, TokenBatch, allowed_batch, collate, padded
-from secondthought.training import engine_config, inject_fault
+from secondthought.training.engine import engine_config, inject_fault
 
 
 Fault = tuple[int, str] | None
@@ -82,14 +82,15 @@ class RolloutWorker:
     """A policy copy that samples completions; its weights carry the learner's version number."""
 
     def __init__(self, policy_dir: str, sampling: dict, threads: int, use_gpu: bool, index: int, fault: Fault = None,
-                 constrain=None, edit_format: str = "tokens"):
+                 constrain=None, edit_format: str = ""):
         from dataclasses import replace
 
-        from secondthought.inference import Policy, SamplingParams
+        from secondthought.decoding.policy import Policy, SamplingParams
 
         device = _setup_torch(threads, use_gpu)
         self.policy = Policy.load(policy_dir, device)
-        self.policy.info = replace(self.policy.info, edit_format=edit_format)  # the run's (see driver.edit_format_of)
+        if edit_format:  # the run's (see driver.edit_format_of)
+            self.policy.info = replace(self.policy.info, edit_format=edit_format)
         self.params = SamplingParams(**sampling)
         self.constrain = constrain
         """A Constrain: decode constrained to each prompt's source and record the masks (None: free)."""
@@ -128,7 +129,7 @@ class Reference:
 
     def __init__(self, policy_dir: str, threads: int, use_gpu: bool, temperature: float, micro_batch_size: int,
                  fault: Fault = None):
-        from secondthought.models import load_model
+        from secondthought.models.lm import load_model
 
         self.device = _setup_torch(threads, use_gpu)
         self.model = load_model(policy_dir).to(self.device).eval()
@@ -157,7 +158,7 @@ class Discriminator:
 
     def __init__(self, encoder: str, lr: float, threads: int, use_gpu: bool, seed: int, trust_remote_code: bool,
                  fault: Fault = None):
-        from secondthought.classifier import PairClassifier
+        from secondthought.models.encoder import PairClassifier
 
         device = _setup_torch(threads, use_gpu)
         self.classifier = PairClassifier(encoder, lr=lr, device=str(device), seed=seed,
@@ -219,7 +220,7 @@ class Learner:
         import deepspeed
         import torch
 
-        from secondthought.models import load_model
+        from secondthought.models.lm import load_model
 
         cfg = self.cfg
         os.environ.setdefault("LOCAL_RANK", "0")  # Ray gives each learner its own device
@@ -313,7 +314,7 @@ class Learner:
             raise RuntimeError(f"no learner checkpoint in {folder}")
 
     def export(self, dest: str, tokenizer_dir: str) -> None:
-        from secondthought.models import export_hf
+        from secondthought.models.lm import export_hf
 
         state = self._lm_state_dict()
         if state is not None:

@@ -20,9 +20,10 @@ import ray
 from ray.exceptions import RayActorError
 
 from secondthought import console
+from secondthought.chains.formats import edit_format
 from secondthought.config import ConfigError, RayConfig, RLConfig
-from secondthought.constrained import Constrain
-from secondthought.inference import completion_text
+from secondthought.decoding.constraints import Constrain
+from secondthought.decoding.policy import completion_text
 from secondthought.rl import ppo
 from secondthought.rl.actors import Discriminator, Learner, Reference, RolloutWorker
 from secondthought.rl.experience import Sample, shards
@@ -47,7 +48,7 @@ from secondthought.runs import (
 )
 from secondthought.runtime import ray_session
 from secondthought.tracking import Tracker, figure, label, read_metrics
-from secondthought.training import STATE, newest_checkpoint
+from secondthought.training.engine import STATE, newest_checkpoint
 
 
 @dataclass
@@ -64,7 +65,7 @@ class RLRun:
 
         self.policy, self.cfg, self.run_dir = policy, cfg, run
         self.tokenizer = AutoTokenizer.from_pretrained(policy)
-        self.edit_format = edit_format_of(policy, prepared)
+        self.format = edit_format(edit_format_of(policy, prepared))
         self.prompts: Prompts = load_prompts(prepared)
         # every tenth prompt: the discriminator never learns from its gold and reversed chains (its accuracy there
         # is logged); a prompt table too small for a tenth has none
@@ -91,7 +92,7 @@ class RLRun:
             RolloutWorker, "rollout", cfg.rollout_workers, self.placement,
             lambda k, threads: (policy, sampling, threads, cfg.use_gpu, k, fault("rollout", k),
                                 Constrain(cfg.force_target) if cfg.decoding == "constrained" else None,
-                                self.edit_format),
+                                self.format.name),
             **restartable)
         self.reference = ActorGroup.spawn(
             Reference, "reference", 1, self.placement,
@@ -149,7 +150,7 @@ class RLRun:
         """2. Sequence scores (the reward before the KL penalty) and their parts."""
         cfg, p = self.cfg, self.prompts
         items = [Scored(p.context[s.index], p.source[s.index], p.target[s.index],
-                        completion_text(self.tokenizer, s.completion_ids), tuple(s.completion_ids), self.edit_format)
+                        completion_text(self.tokenizer, s.completion_ids), tuple(s.completion_ids), self.format)
                  for s in samples]
         if self.reward_fn is not None:
             scores = np.asarray(self.reward_fn(items), dtype=np.float32)
@@ -190,7 +191,7 @@ class RLRun:
     def gold_and_reversed(self, rows: list[int]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """The discriminator's pairs of ``rows``: gold chains, and reversed (aligned -> unaligned) ones."""
         p = self.prompts
-        fmt = self.edit_format
+        fmt = self.format
         gold = [discriminator_pair(p.context[i], p.source[i], p.chain[i], p.target[i], fmt) for i in rows]
         return gold, [reverse_negative(*p.reverse[p.ids[i]], fmt) for i in rows if p.ids[i] in p.reverse]
 
@@ -337,7 +338,7 @@ def plot_rewards(rows: dict[int, dict], png: Path) -> None:
 
 
 def edit_format_of(policy: Path, prepared: PreparedDir) -> str:
-    """How the run's chains are written: the policy's own way (a model folder of ``sft`` records it), which the
+    """The name of the format the run's chains are written in: the policy's own way (a model folder of ``sft`` records it), which the
     prepared data must share; a folder that records none (not trained here) learns the data's."""
     if not (policy / MODEL_INFO).is_file():
         return prepared.edit_format

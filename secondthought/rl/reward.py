@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from secondthought.config import ConfigError
-from secondthought.edits import EditError, decipher, parse
-from secondthought.formatting import check_completion, split_completion
+from secondthought.chains.formats import EditFormat
+from secondthought.chains.text import check_completion, split_completion
 
 
 @dataclass(frozen=True)
@@ -28,41 +28,31 @@ class Scored:
     text: str
     """The completion (chain, <|tgt|>, target), special tokens included, EOS removed."""
     completion_ids: tuple[int, ...]
-    edit_format: str = "tokens"
-    """How the policy writes its chains (formatting.EDIT_FORMATS)."""
+    format: EditFormat
+    """How the policy writes its chains."""
 
 
-def render_chain(chain_text: str, edit_format: str = "tokens") -> str:
-    """A chain in plain English for an encoder that never saw the edit tokens ("words" chains already are;
-    raw text if it does not parse)."""
-    if edit_format == "words":
-        return chain_text.strip()
-    try:
-        return decipher(parse(chain_text))
-    except EditError:
-        return chain_text
-
-
-def discriminator_pair(context: str, source: str, chain_text: str, target: str, edit_format: str = "tokens"
+def discriminator_pair(context: str, source: str, chain_text: str, target: str, fmt: EditFormat
                        ) -> tuple[str, str]:
-    return f"{context} {source}".strip(), f"{render_chain(chain_text, edit_format)} => {target}"
+    """What the discriminator reads: the prompt, and the chain in plain English with its result."""
+    return f"{context} {source}".strip(), f"{fmt.plain(chain_text)} => {target}"
 
 
-def reverse_negative(context: str, aligned: str, reverse_chain: str, unaligned: str, edit_format: str = "tokens"
+def reverse_negative(context: str, aligned: str, reverse_chain: str, unaligned: str, fmt: EditFormat
                      ) -> tuple[str, str]:
     """A negative from a reversed chain (aligned -> unaligned): shown after the unaligned text, like every
     positive and policy sample, so that only the edits and their result tell it apart (shown after the
     aligned text, it could be told apart by its first segment alone)."""
-    return discriminator_pair(context, unaligned, reverse_chain, unaligned, edit_format)
+    return discriminator_pair(context, unaligned, reverse_chain, unaligned, fmt)
 
 
 def completion_pair(item: Scored) -> tuple[str, str]:
     part = split_completion(item.text)
-    return discriminator_pair(item.context, item.source, part.chain_text, part.target, item.edit_format)
+    return discriminator_pair(item.context, item.source, part.chain_text, part.target, item.format)
 
 
 def validity(items: Sequence[Scored]) -> np.ndarray:
-    return np.array([check_completion(item.source, item.text, item.edit_format).validity for item in items],
+    return np.array([check_completion(item.source, item.text, item.format).validity for item in items],
                     dtype=np.float32)
 
 

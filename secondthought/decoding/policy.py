@@ -17,8 +17,9 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from secondthought.constrained import ChainConstraint, ChainGrammar, Constrain
-from secondthought.formatting import Verdict, check_completion, split_completion
+from secondthought.decoding.constraints import ChainGrammar, Constrain
+from secondthought.decoding.machine import ChainMachine
+from secondthought.chains.text import Verdict, check_completion, split_completion
 from secondthought.runs import ModelInfo, read_model_info
 
 
@@ -67,7 +68,7 @@ def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tens
 
 @torch.no_grad()
 def _decode(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, params: SamplingParams,
-            generator: torch.Generator, constraints: Optional[Sequence[ChainConstraint]] = None
+            generator: torch.Generator, constraints: Optional[Sequence[ChainMachine]] = None
             ) -> Iterator[tuple[list[int], list[int]]]:
     """Decode a batch one step at a time: yields (rows still decoding, the token each wrote) per step. With
     ``constraints`` (one per prompt) a row only writes tokens its constraint allows."""
@@ -105,7 +106,7 @@ def _decode(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, p
 
 
 def _sample_batch(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, params: SamplingParams,
-                  generator: torch.Generator, constraints: Optional[Sequence[ChainConstraint]]) -> list[list[int]]:
+                  generator: torch.Generator, constraints: Optional[Sequence[ChainMachine]]) -> list[list[int]]:
     completions: list[list[int]] = [[] for _ in prompts]
     for rows, tokens in _decode(model, prompts, eos_id, pad_id, params, generator, constraints):
         for row, token in zip(rows, tokens):
@@ -119,9 +120,9 @@ def _generator(model, seed: int) -> torch.Generator:
 
 def sample(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int, params: SamplingParams,
            seed: int, done: Optional[Callable[[int], None]] = None,
-           constraints: Optional[Sequence[ChainConstraint]] = None) -> list[list[int]]:
+           constraints: Optional[Sequence[ChainMachine]] = None) -> list[list[int]]:
     """One completion per prompt (token ids; ends with ``eos_id`` unless cut at max_new_tokens); with
-    ``constraints`` (one per prompt, ``secondthought.constrained``) each row writes only what its constraint allows.
+    ``constraints`` (one per prompt, ``secondthought.decoding.constraints``) each row writes only what its constraint allows.
 
     The same model, prompts, parameters and seed give the same completions, so work lost with a
     dead actor can be redone exactly.
@@ -205,7 +206,7 @@ class Policy:
         """``threads``: torch's CPU threads in this process (None: leave as it is)."""
         from transformers import AutoTokenizer
 
-        from secondthought.models import load_model
+        from secondthought.models.lm import load_model
 
         if threads is not None:
             torch.set_num_threads(threads)
@@ -222,17 +223,17 @@ class Policy:
         return ChainGrammar(self.tokenizer)
 
     def constraints(self, sources: Sequence[str], how: Constrain, prefixes: Optional[Sequence[str]] = None
-                    ) -> list[ChainConstraint]:
-        """One constraint per source (see ``secondthought.constrained``); ``prefixes``: chain text already in the
+                    ) -> list[ChainMachine]:
+        """One constraint per source (see ``secondthought.decoding.constraints``); ``prefixes``: chain text already in the
         prompts. Only for a model that writes chains."""
         if not self.info.writes_chains:
             raise ValueError("constrained decoding is for a model that writes chains of edits; this one writes targets "
                              "only")
-        return self.grammar.constraints(sources, how, prefixes, self.info.edit_format)
+        return self.grammar.constraints(sources, how, self.info.format, prefixes)
 
     def sample(self, prompts: Sequence[Sequence[int]], params: SamplingParams, seed: int = 0,
                done: Optional[Callable[[int], None]] = None,
-               constraints: Optional[Sequence[ChainConstraint]] = None) -> list[list[int]]:
+               constraints: Optional[Sequence[ChainMachine]] = None) -> list[list[int]]:
         """Completions as token ids (see :func:`sample`); ``done(rows)`` after each batch."""
         return sample(self.model, prompts, self.eos_id, self.tokenizer.pad_token_id, params, seed, done, constraints)
 
@@ -245,7 +246,7 @@ class Policy:
     def output(self, ids: Sequence[int], source: Optional[str] = None) -> Output:
         text = completion_text(self.tokenizer, ids)
         part = split_completion(text)
-        verdict = (check_completion(source, text, self.info.edit_format) if source is not None and self.info.writes_chains
+        verdict = (check_completion(source, text, self.info.format) if source is not None and self.info.writes_chains
                    else None)
         return Output(text, part.chain_text, part.target, verdict, len(ids))
 

@@ -77,7 +77,7 @@ class Embedder:
                  trust_remote_code: bool = False):
         import torch
 
-        from secondthought.classifier import load_encoder
+        from secondthought.models.encoder import load_encoder
 
         self.tokenizer, self.model = load_encoder(encoder, seed, trust_remote_code, head=False)
         self.model.eval()
@@ -132,7 +132,7 @@ def train(spec: JudgeSpec, data: Labelled, folder: Path, progress: bool = True) 
                   str(folder / HEAD))
         figures = {"train_accuracy": float(head.score(scaler.transform(features), data.labels))}
     else:
-        from secondthought.classifier import PairClassifier
+        from secondthought.models.encoder import PairClassifier
 
         model = PairClassifier(spec.encoder, lr=spec.lr, seed=spec.seed)
         pairs = list(zip(data.contexts, data.texts))
@@ -169,7 +169,7 @@ class Judge:
             self.head = load_file(str(folder / HEAD))
             self.embed = Embedder(self.spec.encoder, self.spec.seed)
         else:
-            from secondthought.classifier import PairClassifier
+            from secondthought.models.encoder import PairClassifier
 
             self.classifier = PairClassifier(str(folder))
 

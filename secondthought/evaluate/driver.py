@@ -8,7 +8,7 @@ the test prompts in Ray tasks; a model that writes chains freely and/or constrai
 BLEU and ROUGE-L against the reference (sacrebleu, rouge-score), perplexity of the written text
 under the base LM, edit-chain validity and consistency, chain length.
 
-The judge (``secondthought.judge``: by default a linear head on frozen MiniLM embeddings) is trained on
+The judge (``secondthought.evaluate.judge``: by default a linear head on frozen MiniLM embeddings) is trained on
 (context, action) -> aligned? from the half of the training triples that the RL stage never uses
 (``judge_held_out``), once per prepared dataset and settings; its accuracy on the test split is
 reported with every evaluation. It is not the RL discriminator.
@@ -28,15 +28,15 @@ import numpy as np
 
 from secondthought import console
 from secondthought.config import ConfigError, EvalConfig, RayConfig
-from secondthought.constrained import Constrain
+from secondthought.decoding.constraints import Constrain
 from secondthought.data.schema import judge_held_out
-from secondthought.formatting import Verdict
-from secondthought.inference import Output
-from secondthought.judge import Judge, JudgeSpec, Labelled, cached
-from secondthought.models import resolve_precision
+from secondthought.chains.text import Verdict
+from secondthought.decoding.policy import Output
+from secondthought.evaluate.judge import Judge, JudgeSpec, Labelled, cached
+from secondthought.models.lm import resolve_precision
 from secondthought.runs import REPORT, PreparedDir, ReportDir, claim, model_folder, read_model_info, write_json
 from secondthought.runtime import ray_session
-from secondthought.stats import bootstrap
+from secondthought.evaluate.stats import bootstrap
 from secondthought.tracking import ProgressLine, figure
 
 NON_MODELS = ("copy", "reference")
@@ -84,8 +84,8 @@ def generate(name: str, model_dir: str, rows: list[EvalRow], max_new_tokens: int
              precision: str, constrain: Optional[Constrain] = None) -> tuple[list[Output], float]:
     """Greedy completions of the rows' prompts, chains checked against their sources (and decoded constrained to
     them with ``constrain``), and the seconds the decoding took."""
-    from secondthought.inference import Policy, SamplingParams
-    from secondthought.models import torch_dtype
+    from secondthought.decoding.policy import Policy, SamplingParams
+    from secondthought.models.lm import torch_dtype
 
     policy = Policy.load(model_dir, threads=1, dtype=torch_dtype(precision))
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0, batch_size=batch_size)
@@ -117,8 +117,8 @@ def perplexities(name: str, base_dir: str, contexts: list[str], texts: list[str]
     import torch
     from transformers import AutoTokenizer
 
-    from secondthought.inference import mean_nll
-    from secondthought.models import load_model, torch_dtype
+    from secondthought.decoding.policy import mean_nll
+    from secondthought.models.lm import load_model, torch_dtype
 
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)

@@ -9,8 +9,8 @@ of source units that ends where such an occurrence starts (``after``) or starts 
 (``before``), and new text is free text in a JSON string. Where an instruction lands is what
 ``edit_words.locate`` makes of the text, so every chain decoded here reads back to a chain that applies.
 
-The same machine as ``constrained.ChainConstraint`` (literals, the target, the end), with two items of its own:
-``_Quoted`` (free text in quotes) and ``_Span`` (quoted text that must be source units). Tokens with a quote or a
+The same machine as ``tokens_grammar`` (``machine.ChainMachine``: literals, the target, the end), with two items
+of its own: ``_Quoted`` (free text in quotes) and ``_Span`` (quoted text that must be source units). Tokens with a quote or a
 backslash (a few hundred) are tried one by one, so that a token that closes a quote and runs on (``."``, ``";``)
 is allowed where the tokenizer writes it. No Ray.
 """
@@ -18,14 +18,15 @@ is allowed where the tokenizer writes it. No Ray.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
 
-from secondthought.constrained import ChainConstraint, _keeps_utf8, _Lit, _partial
-from secondthought.edit_words import AFTER, AT_END, BEFORE, OPS, SEPARATOR, WITH, _first, shown, unquoted
-from secondthought.edits import Edit, count_units
+from secondthought.chains.edits import Edit, count_units
+from secondthought.chains.words import AFTER, AT_END, BEFORE, OPS, SEPARATOR, WITH, _first, shown, unquoted
+from secondthought.decoding.machine import ChainMachine, Item, Lit
+from secondthought.decoding.vocabulary import keeps_utf8, partial_char
 
 _QUOTE, _BACKSLASH = 0x22, 0x5C
 
@@ -78,10 +79,9 @@ def _json_text(data: bytes) -> Optional[str]:
 
 
 @dataclass(frozen=True)
-class _Quoted:
+class _Quoted(Item):
     """Free text in quotes: an insert's text (``edit.op == "ins"``, its place follows) or a replace's new text."""
 
-    m: "WordsConstraint" = field(repr=False, compare=False)
     chain: tuple[Edit, ...]
     edit: Edit
     content: bytes = b""
@@ -92,10 +92,10 @@ class _Quoted:
         """Text written and not yet in the chain's result (the token reserve counts it)."""
         return self.content
 
-    def feed(self, data: bytes) -> list:
+    def feed(self, m: "WordsConstraint", data: bytes) -> list:
         close, escape = _scan(data, self.escape)
         written = data if close < 0 else data[:close]
-        if close == -2 or not _keeps_utf8(_partial(self.content), written):  # broken escape or UTF-8
+        if close == -2 or not keeps_utf8(partial_char(self.content), written):  # broken escape or UTF-8
             return []
         content = self.content + written
         if any(b < 0x20 for b in written) or b"<|" in content:
@@ -105,17 +105,19 @@ class _Quoted:
         text = _json_text(content) if content else None
         if not text:
             return []
-        return self.m.run_on(self.m.closed(self, unquoted(text)), data[close + 1:])
+        return m.run_on(m.closed(self, unquoted(text)), data[close + 1:])
 
-    def closes(self) -> bool:
+    def closes(self, m: "WordsConstraint") -> bool:
         """Whether a quote may close the text now (it is some text, and no escape or character is left open)."""
-        return not self.escape and bool(self.feed(b'"'))
+        return not self.escape and bool(self.feed(m, b'"'))
 
-    def allowed(self, closing: bool) -> list[int]:
-        if closing and self.closes():  # short of tokens, text that can close does
-            return self.m.table.by_bytes.get(b'"', [])
-        m = self.m
-        key = (self.edit.op, self.escape, bool(self.content), self.content.endswith(b"<"), _partial(self.content),
+    def offer(self, m, width, closing, left):
+        return self._allowed(m, closing), self._free_mask(m, width, closing)
+
+    def _allowed(self, m: "WordsConstraint", closing: bool) -> list[int]:
+        if closing and self.closes(m):  # short of tokens, text that can close does
+            return m.table.by_bytes.get(b'"', [])
+        key = (self.edit.op, self.escape, bool(self.content), self.content.endswith(b"<"), partial_char(self.content),
                m._cursor(self.chain) < len(m.units))
         if self.escape:  # inside an escape: tokens that finish it (plain text's mask is off)
             tried = m.tried(key, self, [i for i in m.table.escaping
@@ -123,33 +125,31 @@ class _Quoted:
         else:
             tried = m.tried(key, self, m.table.escaping)
         if closing:  # no quote that closes and runs on into a new edit
-            tried = m.taken(tried, self.feed, closing)
+            tried = m.taken(tried, lambda data: self.feed(m, data), closing)
         return (_finishing(m.table, self.escape) if self.escape else []) + tried
 
-    def free_mask(self, width: int, closing: bool):
-        table = self.m.table
-        if self.escape or (closing and self.closes()):
+    def _free_mask(self, m: "WordsConstraint", width: int, closing: bool) -> torch.Tensor:
+        table = m.table
+        if self.escape or (closing and self.closes(m)):
             return torch.zeros(width, dtype=torch.bool)
-        mask = table.free_mask("quoted", width, _partial(self.content))
+        mask = table.free_mask("quoted", width, partial_char(self.content))
         return mask & table.free_mask("no_pipe", width) if self.content.endswith(b"<") else mask
 
 
 @dataclass(frozen=True)
-class _Span:
+class _Span(Item):
     """Quoted text that must be source units: removed text (``role`` "old") or an anchor ("after": ending where
     the edit goes; "before": starting there). ``starts``: unit index -> unit indices the text may end at."""
 
-    m: "WordsConstraint" = field(repr=False, compare=False)
     chain: tuple[Edit, ...]
     edit: Edit
     role: str
     starts: tuple[tuple[int, frozenset], ...]
     written: bytes = b""
 
-    def feed(self, data: bytes) -> list:
+    def feed(self, m: "WordsConstraint", data: bytes) -> list:
         close, _ = _scan(data, -1 if _open_escape(self.written) else 0)  # its text is the source's, well escaped
         written = self.written + (data if close < 0 else data[:close])
-        m = self.m
         offsets = {j: m.offsets(j, ends) for j, ends in self.starts if m.rendered(j).startswith(written)}
         starts = tuple((j, ends) for j, ends in self.starts if j in offsets and len(written) <= max(offsets[j]))
         if close < 0:
@@ -158,34 +158,32 @@ class _Span:
             return []
         return m.run_on(m.closed(self, unquoted(json.loads(b'"' + written + b'"'))), data[close + 1:])
 
-    def _shortest(self) -> bytes:
+    def _shortest(self, m: "WordsConstraint") -> bytes:
         """The shortest text still to write before the quote may close."""
-        m, n = self.m, len(self.written)
+        n = len(self.written)
         return min((m.rendered(j)[n : min(o for o in m.offsets(j, ends) if o >= n)] for j, ends in self.starts),
                    key=len, default=b"")
 
-    @property
-    def pending(self) -> bytes:
-        """An insert's new text, not in the chain yet, and the shortest text still to write (the token reserve
-        counts both)."""
-        return self.edit.new.encode() + self._shortest()
+    def reserve(self, m: "WordsConstraint") -> int:
+        """An insert's new text, not in the chain yet, and the shortest text still to write."""
+        return m.count(self.edit.new.encode() + self._shortest(m))
 
-    def allowed(self, closing: bool) -> list[int]:
-        m, n = self.m, len(self.written)
+    def offer(self, m, width, closing, left):
+        n = len(self.written)
         offsets = [(j, m.offsets(j, ends)) for j, ends in self.starts]
         can_close = any(n in offs for _, offs in offsets)
         if closing:  # short of tokens, a span that can end does, and one that cannot takes the shortest way there
-            rests = [] if can_close else [self._shortest()]
+            rests = [] if can_close else [self._shortest(m)]
         else:
             rests = [m.rendered(j)[n : max(offs)] for j, offs in offsets]
         ids = {i for rest in rests for i in m.table.prefix_tokens(rest)}
         firsts = {rest[0] for rest in rests if rest} | ({_QUOTE} if can_close else set())
         tried = [i for b in firsts for i in m.table.escaping_by_first.get(b, ())]
-        return list(ids) + m.taken([i for i in tried if i not in ids], self.feed, closing)
+        return list(ids) + m.taken([i for i in tried if i not in ids], lambda data: self.feed(m, data), closing), None
 
 
-class WordsConstraint(ChainConstraint):
-    """One row's constraint for a model that writes chains in words; the interface of ``ChainConstraint``."""
+class WordsConstraint(ChainMachine):
+    """One row's constraint for a model that writes chains in words."""
 
     def __init__(self, *args, **kwargs):
         self._tried: dict[tuple, list[int]] = {}
@@ -235,21 +233,21 @@ class WordsConstraint(ChainConstraint):
     # --- the grammar ----------------------------------------------------------------------------------------
     def _markers(self, chain: tuple[Edit, ...]) -> list:
         c, n = self._cursor(chain), len(self.units)
-        items = [_Lit(OPS["ins"].encode() + b'"', lambda: [_Quoted(self, chain, Edit("ins", -1))], chain, opens=True)]
+        items = [Lit(OPS["ins"].encode() + b'"', lambda: [_Quoted(chain, Edit("ins", -1))], chain, opens=True)]
         if c < n:
             for op in ("del", "rep"):
                 starts = self._from(c)
-                items.append(_Lit(OPS[op].encode() + b'"',
-                                  lambda op=op, starts=starts: [_Span(self, chain, Edit(op, -1), "old", starts)],
+                items.append(Lit(OPS[op].encode() + b'"',
+                                  lambda op=op, starts=starts: [_Span(chain, Edit(op, -1), "old", starts)],
                                   chain, opens=True))
         return items
 
     def _done(self, chain: tuple[Edit, ...]) -> list:
-        return [_Lit(SEPARATOR.encode(), lambda: self._markers(chain), chain, opens=True)] + self._target_marker(chain)
+        return [Lit(SEPARATOR.encode(), lambda: self._markers(chain), chain, opens=True)] + self._target_marker(chain)
 
     def _located(self, chain: tuple[Edit, ...], edit: Edit) -> list:
         if edit.op == "rep":
-            return [_Lit(WITH.encode() + b'"', lambda: [_Quoted(self, chain, edit)], chain)]
+            return [Lit(WITH.encode() + b'"', lambda: [_Quoted(chain, edit)], chain)]
         return self._done(chain + (edit,))
 
     def closed(self, item, text: str) -> list:
@@ -265,12 +263,12 @@ class WordsConstraint(ChainConstraint):
             return self._done(chain + (replace(edit, new=text),))
         ins, new = Edit("ins", -1, "", text), text.encode()
         before, after = self._from(c), self._to(c)
-        items = [_Lit(AT_END.encode(), lambda: self._done(chain + (replace(ins, pos=n),)), chain, pending=new)]
+        items = [Lit(AT_END.encode(), lambda: self._done(chain + (replace(ins, pos=n),)), chain, pending=new)]
         if before:  # an anchor "opens": short of tokens, the insert goes at the end
-            items.append(_Lit(BEFORE.encode() + b'"', lambda: [_Span(self, chain, ins, "before", before)], chain,
+            items.append(Lit(BEFORE.encode() + b'"', lambda: [_Span(chain, ins, "before", before)], chain,
                               opens=True, pending=new))
         if after:
-            items.append(_Lit(AFTER.encode() + b'"', lambda: [_Span(self, chain, ins, "after", after)], chain,
+            items.append(Lit(AFTER.encode() + b'"', lambda: [_Span(chain, ins, "after", after)], chain,
                               opens=True, pending=new))
         return items
 
@@ -283,7 +281,7 @@ class WordsConstraint(ChainConstraint):
             starts = self._spans(range(max(found)), lambda j: (i for i in found if i > j))
             items = self._located(chain, replace(edit, pos=found[0]))
             if starts:
-                items.append(_Lit(AFTER.encode() + b'"', lambda: [_Span(self, chain, edit, "after", starts)], chain,
+                items.append(Lit(AFTER.encode() + b'"', lambda: [_Span(chain, edit, "after", starts)], chain,
                                   opens=True))
             return items
         pos = _first(self.units, c, edit.old, text, before=item.role == "before")
@@ -296,17 +294,17 @@ class WordsConstraint(ChainConstraint):
 
     def run_on(self, items: list, rest: bytes) -> list:
         """``items`` after a quote closed, fed what the same token wrote after it."""
-        return [out for item in items for out in self._feed_bytes(item, rest)] if rest else items
+        return [out for item in items for out in item.feed(self, rest)] if rest else items
 
     def tried(self, key: tuple, item, candidates: list[int]) -> list[int]:
         """Of ``candidates``, the tokens ``item`` takes, tried one by one (cached under ``key``)."""
         if key not in self._tried:
-            self._tried[key] = [i for i in candidates if item.feed(self.table.bytes_of[i])]
+            self._tried[key] = [i for i in candidates if item.feed(self, self.table.bytes_of[i])]
         return self._tried[key]
 
-    def _crossing(self, item: _Lit, closing: bool) -> list[int]:
+    def crossing(self, item: Lit, closing: bool) -> list[int]:
         if len(item.rest) > 2:
             return []
         longer = [i for i in self.table.escaping_by_first.get(item.rest[0], ())
                   if len(self.table.bytes_of[i]) > len(item.rest)]
-        return self.taken(longer, lambda data: self._feed_bytes(item, data), closing)
+        return self.taken(longer, lambda data: item.feed(self, data), closing)

@@ -20,7 +20,7 @@ import json
 import re
 from typing import Optional, Sequence
 
-from secondthought.edits import Edit, EditApplyError, EditChain, EditFormatError, count_units, split_units
+from secondthought.chains.edits import Edit, EditApplyError, EditChain, EditFormatError, count_units, split_units
 
 SEPARATOR = ";"
 OPS = {"ins": " insert ", "del": " delete ", "rep": " replace "}

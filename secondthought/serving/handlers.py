@@ -10,9 +10,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from secondthought.api import ApplyRequest, CompletionRequest, EditIn, RealignRequest
+from secondthought.serving.requests import ApplyRequest, CompletionRequest, EditIn, RealignRequest
 from secondthought.config import ServeConfig
-from secondthought.edits import (
+from secondthought.chains.edits import (
     Edit,
     EditApplyError,
     EditChain,
@@ -23,7 +23,8 @@ from secondthought.edits import (
     parse,
     serialize,
 )
-from secondthought.formatting import check_completion, continued, prompt, read_chain, split_completion, write_chain
+from secondthought.chains.formats import EditFormat
+from secondthought.chains.text import check_completion, prompt, split_completion
 
 
 class ApiError(Exception):
@@ -62,8 +63,8 @@ class RealignJob:
     prefix: str
     """The corrected first edits, written as the model writes chains: its completion continues them."""
     sampling: Sampling
-    edit_format: str = "tokens"
-    """How the model writes chains (formatting.EDIT_FORMATS)."""
+    format: EditFormat
+    """How the model writes chains."""
     given: tuple[Edit, ...] = ()
     """The corrected first edits themselves."""
 
@@ -148,7 +149,7 @@ def _sampling(max_tokens: Optional[int], temperature: float, top_p: float, top_k
     return Sampling(max_tokens or cfg.default_new_tokens, temperature, top_p, top_k, seed)
 
 
-def realign_job(req: RealignRequest, cfg: ServeConfig, writes_chains: bool, edit_format: str = "tokens") -> RealignJob:
+def realign_job(req: RealignRequest, cfg: ServeConfig, writes_chains: bool, fmt: EditFormat) -> RealignJob:
     """Check a realign request; a corrected prefix must fit the text (else a 422 naming the edit). The request's
     edits are structured or serialized (edit tokens) whatever the model's format; the prompt gets them in it."""
     check_length(req.text, cfg.max_text_chars, "text")
@@ -159,9 +160,9 @@ def realign_job(req: RealignRequest, cfg: ServeConfig, writes_chains: bool, edit
                        "this model writes targets only (no chains of edits): it cannot continue a chain")
     applied(prefix, req.text, "edits" if req.chain is None else "chain")
     g = req.generation
-    prefix_text = continued(write_chain(prefix, req.text, edit_format), edit_format) if prefix.edits else ""
+    prefix_text = fmt.continued(fmt.write(prefix, req.text)) if prefix.edits else ""
     return RealignJob(prompt(req.context, req.text) + prefix_text, req.text, prefix_text,
-                      _sampling(g.max_tokens, g.temperature, g.top_p, g.top_k, g.seed, cfg), edit_format, prefix.edits)
+                      _sampling(g.max_tokens, g.temperature, g.top_p, g.top_k, g.seed, cfg), fmt, prefix.edits)
 
 
 def realign_answer(job: RealignJob, completion: str, writes_chains: bool, model: str, prompt_tokens: int,
@@ -178,10 +179,10 @@ def realign_answer(job: RealignJob, completion: str, writes_chains: bool, model:
                     problem="" if changed else "the target changes nothing", edits_from="diff", model=model,
                     usage=usage)
     text = job.prefix + completion
-    verdict = check_completion(job.source, text, job.edit_format)
+    verdict = check_completion(job.source, text, job.format)
     part = split_completion(text)
     try:
-        chain = read_chain(part.chain_text, job.source, job.edit_format)
+        chain = job.format.read(part.chain_text, job.source)
         written = serialize(chain)
     except EditError:  # what the model wrote after the user's edits does not parse (or place): keep theirs
         chain, written = EditChain(job.given), part.chain_text

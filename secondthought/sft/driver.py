@@ -18,9 +18,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from secondthought.batching import micro_batches_per_epoch
+from secondthought.training.batching import micro_batches_per_epoch
 from secondthought.config import ConfigError, RayConfig, SFTConfig
-from secondthought.formatting import TGT
+from secondthought.chains.text import TGT
 from secondthought.runs import WORKERS, ModelInfo, PreparedDir, TrainingDir, is_model_folder, write_model_info
 from secondthought.runtime import ray_session
 from secondthought.tracking import figure, follow, label, read_metrics
@@ -66,8 +66,8 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
     from ray.train.torch import TorchTrainer
     from transformers import AutoTokenizer
 
-    from secondthought.models import build_base_model, check_model
-    from secondthought.sft_worker import NodeBoundTorchConfig, train_loop_per_worker
+    from secondthought.models.lm import build_base_model, check_model
+    from secondthought.sft.worker import NodeBoundTorchConfig, train_loop_per_worker
 
     prepared = PreparedDir.open(prepared)
     check_model(cfg.model, "--sft.model")

@@ -29,7 +29,8 @@ from secondthought import data as datasets
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig
 from secondthought.data.records import Chunk, RawRecord
 from secondthought.data.schema import Rejected, Triple
-from secondthought.examples import Encoder, build
+from secondthought.chains.formats import edit_format
+from secondthought.prepare.examples import Encoder, build
 from secondthought.runs import MANIFEST, PreparedDir, claim, resolve_out, write_json
 from secondthought.runtime import ray_session
 
@@ -111,10 +112,10 @@ def _make_datasource(chunks: list[Chunk], cfg: DataConfig, records_per_block: in
 
 
 @lru_cache(maxsize=2)
-def _encoder(tokenizer_dir: str, edit_format: str) -> Encoder:
+def _encoder(tokenizer_dir: str, format_name: str) -> Encoder:
     from transformers import AutoTokenizer
 
-    return Encoder(AutoTokenizer.from_pretrained(tokenizer_dir), edit_format)
+    return Encoder(AutoTokenizer.from_pretrained(tokenizer_dir), edit_format(format_name))
 
 
 def _records(keys: list[str], raws: list[str]) -> list[RawRecord]:
@@ -250,7 +251,7 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
     """Run the whole stage into ``out``; returns the manifest (also written to ``out/manifest.json``)."""
     from tqdm import tqdm
 
-    from secondthought.models import load_tokenizer
+    from secondthought.models.lm import load_tokenizer
 
     run = PreparedDir(resolve_out(out))
     out = run.path

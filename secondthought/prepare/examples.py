@@ -13,8 +13,9 @@ from typing import Sequence
 import pyarrow as pa
 
 from secondthought.data.schema import Rejected, Triple
-from secondthought.edits import DEL, INS, REP, WITH, Costs, EditChain, augment
-from secondthought.formatting import SEP, SRC, TGT, completion, prompt, write_chain
+from secondthought.chains.edits import DEL, INS, REP, WITH, Costs, EditChain, augment
+from secondthought.chains.formats import EditFormat
+from secondthought.chains.text import SEP, SRC, TGT, completion, prompt
 
 EXAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -71,8 +72,8 @@ class Encoder:
     get the whole text tokenized instead.
     """
 
-    def __init__(self, tokenizer, edit_format: str = "tokens"):
-        self.tokenizer, self.edit_format = tokenizer, edit_format
+    def __init__(self, tokenizer, fmt: EditFormat):
+        self.tokenizer, self.format = tokenizer, fmt
         self.backend = tokenizer.backend_tokenizer
         self.eos_id = tokenizer.eos_token_id
         self.special = dict(zip((SRC, SEP, TGT, INS, DEL, REP, WITH),
@@ -94,39 +95,23 @@ class Encoder:
               text: str | None = None) -> tuple[list[int], int]:
         """``text``: the chain as written (when the caller has it already)."""
         head = prompt(context, source)
-        text = text if text is not None else write_chain(chain, source, self.edit_format)
+        text = text if text is not None else self.format.write(chain, source)
         head_ids, ids = self._ids([head, head + completion(text, target)])
         return ids + [self.eos_id], len(head_ids)
-
-    def _chain_layout(self, chain: EditChain, text: str) -> list[str | int]:
-        """The written chain as text pieces and special-token ids (ints)."""
-        if self.edit_format != "tokens":
-            return [text]
-        out: list[str | int] = []
-        for k, edit in enumerate(chain.edits):
-            if k:
-                out.append(" ")
-            if edit.op == "rep":
-                out += (self.special[REP], f" {edit.pos}", edit.old, " ", self.special[WITH], edit.new)
-            elif edit.op == "ins":
-                out += (self.special[INS], f" {edit.pos}", edit.new)
-            else:
-                out += (self.special[DEL], f" {edit.pos}", edit.old)
-        return out
 
     def encode_many(self, examples: list[tuple[str, str, str, EditChain]],
                     texts: list[str] | None = None) -> list[tuple[list[int], int]]:
         """(input_ids, prompt_len) for each (context, source, target, chain); ``texts``: each chain as written
         (written here when not given)."""
         if texts is None:
-            texts = [write_chain(chain, source, self.edit_format) for _, source, _, chain in examples]
+            texts = [self.format.write(chain, source) for _, source, _, chain in examples]
         plain: dict[str, bool] = {}
         for context, source, target, _ in examples:
             for text in (context, source, target):
                 if text not in plain:
                     plain[text] = self.by_pieces and (not text and text is context or bool(_PLAIN.fullmatch(text)))
         fast = [plain[c] and plain[s] and plain[t] for c, s, t, _ in examples]
-        layouts = [self._chain_layout(chain, text) if ok else None
+        layouts = [self.format.layout(chain, text, self.special) if ok else None
                    for (_, _, _, chain), text, ok in zip(examples, texts, fast)]
         if len(self.cache) > _CACHE_LIMIT:
             self.cache.clear()
@@ -161,7 +146,7 @@ def build(triples: list[Triple], cost_sets: Sequence[Costs], reverse: bool, enco
           max_tokens: int) -> tuple[pa.Table, list[Rejected]]:
     """Example rows (one per distinct chain) for the triples, and the triples rejected here."""
     examples = [ex for triple in triples for ex in chains_of(triple, cost_sets, reverse)]
-    texts = [write_chain(ex.chain, ex.source, encoder.edit_format) for ex in examples]  # once: words are O(n^2)
+    texts = [encoder.format.write(ex.chain, ex.source) for ex in examples]  # once: words are O(n^2)
     encoded = encoder.encode_many([(ex.triple.context, ex.source, ex.target, ex.chain) for ex in examples], texts)
     too_long = {id(ex.triple): len(ids) for ex, (ids, _) in zip(examples, encoded) if len(ids) > max_tokens}
     rejected = [

@@ -1,6 +1,6 @@
 """The serving side's model: a trained model folder loaded once, decoding checked requests in batches.
 
-A Serve model replica (serve/app.py) holds one Engine and hands it each batch that @serve.batch gathers.
+A Serve model replica (serve/app.py) holds one Replica and hands it each batch that @serve.batch gathers.
 Requests with the same sampling settings are decoded together (greedy by default, so a request's answer does
 not depend on what else is in its batch). No Ray here.
 """
@@ -15,9 +15,10 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import torch
 
 from secondthought.config import ServeConfig
-from secondthought.constrained import ChainConstraint, Constrain
-from secondthought.inference import Policy, SamplingParams, completion_text
-from secondthought.realign import ApiError, CompletionJob, RealignJob, Sampling, cut_at_stop, realign_answer
+from secondthought.decoding.constraints import Constrain
+from secondthought.decoding.machine import ChainMachine
+from secondthought.decoding.policy import Policy, SamplingParams, completion_text
+from secondthought.serving.handlers import ApiError, CompletionJob, RealignJob, Sampling, cut_at_stop, realign_answer
 from secondthought.runs import model_folder
 
 Job = Union[RealignJob, CompletionJob]
@@ -36,7 +37,7 @@ def _params(s: Sampling, batch_size: int = 1) -> SamplingParams:
                           batch_size=batch_size)
 
 
-class Engine:
+class Replica:
     def __init__(self, cfg: ServeConfig, name: str = "secondthought", cpus: float = 1):
         folder = model_folder(cfg.model, "serve.model")
         device = _device(cfg)
@@ -60,7 +61,7 @@ class Engine:
                            f"context of {self.context_limit} tokens")
         return ids
 
-    def _constraint(self, job: Job) -> Optional[ChainConstraint]:
+    def _constraint(self, job: Job) -> Optional[ChainMachine]:
         """A realign job's constraint to its text (after its corrected prefix), when this server constrains."""
         if not isinstance(job, RealignJob) or not self.writes_chains or self.cfg.decoding != "constrained":
             return None
@@ -70,7 +71,7 @@ class Engine:
             raise ApiError("edits", f"constrained decoding cannot continue these edits: {e}") from None
 
     def _decode(self, prompts: Sequence[list[int]], jobs: Sequence[Job],
-                constraints: Sequence[Optional[ChainConstraint]]) -> list[list[int]]:
+                constraints: Sequence[Optional[ChainMachine]]) -> list[list[int]]:
         """Each job's completion token ids; jobs with equal sampling settings (and all constrained or all free)
         are decoded together."""
         groups: dict[tuple[Sampling, bool], list[int]] = defaultdict(list)
@@ -88,7 +89,7 @@ class Engine:
         """``answer(job, prompt ids, completion ids)`` for each job that fits the model, decoded in one batch; an
         ApiError in place of each job that does not."""
         results: list = []
-        constraints: dict[int, Optional[ChainConstraint]] = {}
+        constraints: dict[int, Optional[ChainMachine]] = {}
         for k, job in enumerate(jobs):
             try:
                 ids = self._ids(job)

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from secondthought.config import ConfigError, HumanEvalConfig
-from secondthought.formatting import split_completion
+from secondthought.chains.text import split_completion
 from secondthought.runs import ReportDir, write_json
-from secondthought.stats import bootstrap
+from secondthought.evaluate.stats import bootstrap
 
 QUESTIONS = {
     "alignment": "How well does this text align with the norm? 1 = not at all, 7 = completely",

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from secondthought import edit_words
-from secondthought.edits import EDIT_TOKENS, EditChain, EditError, EditFormatError, parse, serialize
+from secondthought.chains.edits import EDIT_TOKENS, EditError, EditFormatError
+from secondthought.chains.formats import EditFormat
 
 SRC, SEP, TGT = "<|src|>", "<|sep|>", "<|tgt|>"
 FORMAT_TOKENS = (SRC, SEP, TGT)
@@ -19,28 +19,6 @@ TOKEN_MEANINGS = {SRC: " text:", SEP: " edits:", TGT: " result:", "<|ins|>": " i
                   "<|rep|>": " replace", "<|with|>": " with"}
 """Words whose embeddings start the new tokens' embeddings in a pretrained model: a model learns to
 write a token whose embedding means something much faster than one that starts as the average."""
-
-
-EDIT_FORMATS = ("tokens", "words")
-"""How a chain is written: "tokens" (edit tokens and word numbers, ``edits.serialize``) or "words" (English
-instructions that name words, ``edit_words``: the paper's deciphered edits)."""
-
-
-def write_chain(chain: EditChain, source: str, edit_format: str) -> str:
-    return edit_words.write(chain, source) if edit_format == "words" else serialize(chain)
-
-
-def read_chain(text: str, source: str, edit_format: str) -> EditChain:
-    """The chain a text gives for ``source``: EditFormatError if it is not one, EditApplyError if it names
-    words the source does not have there ("words"; "tokens" chains are placed by :meth:`EditChain.apply`)."""
-    return edit_words.read(text, source) if edit_format == "words" else parse(text)
-
-
-def continued(chain_text: str, edit_format: str) -> str:
-    """A corrected first part of a chain as the text a model continues. In words it stops before its closing
-    quote: the tokenizer writes a quote and what follows it as one token (``";``), so a prompt that ends on a
-    lone quote is one the model never saw; it writes the quote itself."""
-    return chain_text.removesuffix('"') if edit_format == "words" else chain_text
 
 
 def prompt(context: str, source: str) -> str:
@@ -91,17 +69,18 @@ class Verdict:
         return -1.0 if not self.valid else 1.0 if self.consistent else 0.0
 
 
-def check_completion(source: str, text: str, edit_format: str = "tokens") -> Verdict:
+def check_completion(source: str, text: str, fmt: EditFormat) -> Verdict:
+    """What ``text`` (chain, <|tgt|>, target) is worth for ``source``, its chain written in ``fmt``."""
     part = split_completion(text)
     if TGT not in text:
         return Verdict(False, False, False, reason=f"no {TGT}: the completion never wrote a target")
     try:
-        chain = parse(part.chain_text) if edit_format == "tokens" else edit_words.parse(part.chain_text)
+        chain = fmt.parse(part.chain_text)
     except EditFormatError as e:
         return Verdict(False, False, False, reason=f"chain does not parse: {e}")
     n_edits = len(chain)
     try:
-        edited = (chain if edit_format == "tokens" else edit_words.locate(chain, source)).apply(source)
+        edited = fmt.locate(chain, source).apply(source)
     except EditError as e:
         return Verdict(True, False, False, n_edits, reason=f"chain does not apply: {e}")
     consistent = edited.strip() == part.target.strip()

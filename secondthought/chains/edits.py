@@ -151,7 +151,7 @@ def _aligned_ops(src: list[str], tgt: list[str], costs: Costs) -> list[tuple[str
         return Levenshtein.editops(src, tgt).as_list()
     if ratio >= 2.0:
         return Indel.editops(src, tgt).as_list()
-    from secondthought._dp import weighted_editops
+    from secondthought.chains.dp import weighted_editops
 
     vocab: dict[str, int] = {}
     a = [vocab.setdefault(u, len(vocab)) for u in src]

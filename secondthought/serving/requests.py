@@ -1,7 +1,7 @@
 """The serving API's request and response shapes (pydantic: FastAPI validates every request body with them).
 
 Types, required fields and fixed ranges are checked here; bounds that are configuration (text length, tokens
-per request, edits per request: :class:`secondthought.config.ServeConfig`) in :mod:`secondthought.realign`.
+per request, edits per request: :class:`secondthought.config.ServeConfig`) in :mod:`secondthought.serving.handlers`.
 Unknown fields are refused, so a misspelled parameter is an error rather than silently ignored. The OpenAI
 shapes (``/v1/completions``, ``/v1/models``) follow OpenAI's API so that its Python client works unchanged.
 """

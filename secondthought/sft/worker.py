@@ -25,8 +25,8 @@ import ray
 from ray.train.backend import Backend
 from ray.train.torch import TorchConfig
 
-from secondthought import rendezvous
-from secondthought.batching import (
+from secondthought.training import rendezvous
+from secondthought.training.batching import (
     IGNORE,
     Batch,
     Row,
@@ -36,10 +36,10 @@ from secondthought.batching import (
     rows_of_rank,
 )
 from secondthought.config import SFTConfig
-from secondthought.models import export_hf
+from secondthought.models.lm import export_hf
 from secondthought.runs import FAULT_MARKER, WORKERS
 from secondthought.tracking import Tracker
-from secondthought.training import (
+from secondthought.training.engine import (
     STATE,
     deepspeed_files_complete,
     engine_config,
@@ -211,7 +211,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from secondthought.models import load_model
+    from secondthought.models.lm import load_model
 
     cfg = SFTConfig(**config["sft"])
     plan = config["plan"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from secondthought.config import ConfigError
-from secondthought.formatting import SPECIAL_TOKENS
+from secondthought.chains.text import SPECIAL_TOKENS
 
 EMBEDDED_LM = "smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -182,7 +182,7 @@ def _init_new_tokens(model, tokenizer, old_size: int) -> None:
     """Start each added special token at the mean embedding of the word it stands for."""
     import torch
 
-    from secondthought.formatting import TOKEN_MEANINGS
+    from secondthought.chains.text import TOKEN_MEANINGS
 
     tables = [model.get_input_embeddings().weight]
     output = model.get_output_embeddings()
