@@ -23,9 +23,9 @@ import torch
 
 
 def load_prompts(tokenizer, n: int) -> list[list[int]]:
+    from secondthought.chains.text import prompt
     from secondthought.config import DataConfig
     from secondthought.data import plan, triples
-    from secondthought.chains.text import prompt
 
     cfg = DataConfig()
     texts = [prompt(t.context, t.source) for chunk in plan(cfg, 1 << 24) for t in triples(chunk, cfg)

@@ -92,8 +92,8 @@ def hf_trainer(prepared: Path, base: Path, args) -> dict:
     import torch
     from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
-    from secondthought.training.batching import Row, collate
     from secondthought.models.lm import load_model
+    from secondthought.training.batching import Row, collate
 
     tokenizer = AutoTokenizer.from_pretrained(prepared / "tokenizer")
     model = load_model(base)

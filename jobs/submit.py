@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from jobs.demand import asks, unmet
+from secondthought import console
 from secondthought.config import ConfigError
 
 RUNTIME_ENV = Path(__file__).with_name("runtime_env.yaml")
@@ -30,7 +31,6 @@ ACTIONS = ("status", "logs", "stop", "list")
 EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
 """Exit status of `secondthought submit` by the job's final status (a job still running when we stop
 following it: 0 with --no-wait)."""
-PATH_FLAGS = ("--out", "--prepared", "--policy", "--model", "--base")
 
 
 @dataclass
@@ -66,7 +66,7 @@ def build(stage_argv: list[str], runtime_env_file: str | Path = RUNTIME_ENV, cwd
     if not stage_argv:
         raise ConfigError("say what to run after --, e.g. `secondthought submit -- pipeline --out /shared/runs/a`")
     name = stage_argv[0]
-    runnable = [n for n, c in COMMANDS.items() if "ray" in c.sections and n != "serve"]
+    runnable = [n for n, c in COMMANDS.items() if c.job]
     if name not in runnable:
         hint = (": a server runs until stopped; deploy it with the RayService in cluster/ or `serve deploy "
                 "serve/config.yaml`") if name == "serve" else ""
@@ -260,3 +260,36 @@ def action(what: str, rest: list[str], dashboard: str, out=sys.stdout) -> int:
         return 0
     except RuntimeError as e:  # the Job API's answer for an unknown id
         raise ConfigError(f"{what} {submission_id}: {e}") from None
+
+
+def main(args, sections: dict) -> int:
+    """`secondthought submit`: send a job and follow it, or look after jobs already sent."""
+    what, rest = (args.job[0], args.job[1:]) if args.job else ("", [])
+    if what in ACTIONS:
+        return action(what, rest, address(args.address))
+    job, name, sections, upload = build(args.job, args.runtime_env or RUNTIME_ENV,
+                                               submission_id=args.submission_id, num_cpus=args.entrypoint_num_cpus,
+                                               num_gpus=args.entrypoint_num_gpus)
+    if args.dry_run:
+        console.say(describe(job, upload))
+        return 0
+    dashboard = address(args.address)
+    if not args.skip_resource_check:
+        problems = check_resources(name, sections, cluster_nodes(dashboard))
+        if problems:
+            raise ConfigError("the job would wait forever for resources no node has:\n  " + "\n  ".join(problems)
+                              + "\n(on a cluster that starts such nodes on demand, pass --skip-resource-check)")
+    jobs = client(dashboard)
+    submission_id = submit(job, jobs)
+    console.say(f"submitted {submission_id} to {dashboard}: {job.entrypoint}")
+    if args.no_wait:
+        console.say(f"follow it with: secondthought submit --address {dashboard} logs {submission_id}")
+        return 0
+    try:
+        status = follow(jobs, submission_id)
+    except KeyboardInterrupt:
+        console.say(f"stopped following; the job goes on. Stop it with: secondthought submit --address {dashboard} "
+            f"stop {submission_id}")
+        return 130
+    console.say(f"{submission_id}: {status}")
+    return EXIT.get(status, 1)

@@ -1,14 +1,15 @@
 """``secondthought``: one command line for every stage. ``secondthought STAGE --help`` explains each.
 
-COMMANDS is the table both the parser and the dispatcher read: a command's config sections, its own
-arguments, and the function that runs it (which imports its stage only then, after Ray's loopback
-switch is set).
+COMMANDS is the table both the parser and the dispatcher read: a command's config sections, its own arguments, and
+the function that runs it (``commands``; ``jobs.submit`` and ``serve.deploy`` named as ``module:function``, imported
+when the command runs: they build on this table, so importing them here would make a circle). The dispatcher
+parses once, keeps the log, and turns errors into one line and an exit status.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import importlib
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ from typing import Callable
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsing_settings
 
+from secondthought import commands
 from secondthought.config import (
     ConfigError,
     DataConfig,
@@ -52,142 +54,6 @@ VERBOSE = ("--verbose", dict(type=bool, default=False,
                                   "not only the project's progress and errors; the full log is written either way"))
 
 
-def _prepare(args: Namespace, s: dict) -> None:
-    from secondthought.prepare.stage import run_prepare
-
-    manifest = run_prepare(s["data"], s["prepare"], s["ray"], args.out, overwrite=args.overwrite,
-                           progress=args.progress)
-    shown = {k: manifest[k] for k in ("rows_in", "rows_out", "rows_quarantined", "chains_out", "quarantine_reasons",
-                                      "seconds", "rows_per_second")}
-    say(json.dumps(shown, indent=2))
-    say(f"wrote {args.out}/data/, {args.out}/manifest.json, {args.out}/quarantine.jsonl")
-
-
-def _sft(args: Namespace, s: dict) -> None:
-    from secondthought.sft.driver import run_sft
-
-    say(json.dumps(run_sft(args.prepared, s["sft"], s["ray"], args.out, resume=args.resume,
-                             overwrite=args.overwrite), indent=2))
-
-
-def _rl(args: Namespace, s: dict) -> None:
-    from secondthought.rl.driver import run_rl
-
-    say(json.dumps(run_rl(args.prepared, args.policy, s["rl"], s["ray"], args.out, resume=args.resume,
-                            overwrite=args.overwrite), indent=2))
-
-
-def _eval(args: Namespace, s: dict) -> None:
-    from pathlib import Path
-
-    from secondthought.evaluate.driver import run_eval
-    from secondthought.runs import ReportDir
-
-    report = run_eval(args.prepared, args.models, args.base, s["eval"], s["ray"], args.out)
-    say(ReportDir(Path(args.out)).markdown.read_text().split("## Examples")[0])
-    say(f"wrote {args.out}/report.json, report.md, metrics.png (judge held-out accuracy "
-          f"{report['judge']['held_out_accuracy']:.3f})")
-
-
-def _transfer(args: Namespace, s: dict) -> None:
-    from secondthought.transfer import run_transfer
-
-    say(json.dumps(run_transfer(args.model, s["data"], s["transfer"], s["eval"], s["ray"], args.out,
-                                  base=args.base), indent=2))
-
-
-def _pipeline(args: Namespace, s: dict) -> None:
-    from secondthought.pipeline import describe, run_pipeline
-
-    say(describe(run_pipeline(s["data"], s["prepare"], s["sft"], s["rl"], s["eval"], s["ray"], args.out,
-                                progress=args.progress, baseline=args.baseline)))
-
-
-def _serve(args: Namespace, s: dict) -> None:
-    from secondthought.runs import model_folder
-    from secondthought.runtime import ray_session
-    from serve.deploy import deploy, load_config
-
-    model_folder(args.model, "--model")
-    raw = load_config(args.app_config, args.model, args.host, args.port)
-    with ray_session(s["ray"]):
-        from ray import serve
-
-        try:
-            url = deploy(raw)
-            say(f"serving {args.model}\n  page:    {url}/\n  API:     {url}/v1/realign, {url}/v1/edits/apply, "
-                f"{url}/v1/completions (OpenAI), {url}/docs\nCtrl-C stops the server")
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how a server is meant to stop
-            say("stopping the server")
-        finally:
-            serve.shutdown()
-
-
-def _submit(args: Namespace, s: dict) -> int:
-    from jobs import submit
-
-    what, rest = (args.job[0], args.job[1:]) if args.job else ("", [])
-    if what in submit.ACTIONS:
-        return submit.action(what, rest, submit.address(args.address))
-    job, name, sections, upload = submit.build(args.job, args.runtime_env or submit.RUNTIME_ENV,
-                                               submission_id=args.submission_id, num_cpus=args.entrypoint_num_cpus,
-                                               num_gpus=args.entrypoint_num_gpus)
-    if args.dry_run:
-        say(submit.describe(job, upload))
-        return 0
-    dashboard = submit.address(args.address)
-    if not args.skip_resource_check:
-        problems = submit.check_resources(name, sections, submit.cluster_nodes(dashboard))
-        if problems:
-            raise ConfigError("the job would wait forever for resources no node has:\n  " + "\n  ".join(problems)
-                              + "\n(on a cluster that starts such nodes on demand, pass --skip-resource-check)")
-    jobs = submit.client(dashboard)
-    submission_id = submit.submit(job, jobs)
-    say(f"submitted {submission_id} to {dashboard}: {job.entrypoint}")
-    if args.no_wait:
-        say(f"follow it with: secondthought submit --address {dashboard} logs {submission_id}")
-        return 0
-    try:
-        status = submit.follow(jobs, submission_id)
-    except KeyboardInterrupt:
-        say(f"stopped following; the job goes on. Stop it with: secondthought submit --address {dashboard} "
-            f"stop {submission_id}")
-        return 130
-    say(f"{submission_id}: {status}")
-    return submit.EXIT.get(status, 1)
-
-
-def _humaneval(args: Namespace, s: dict) -> None:
-    from secondthought.evaluate import humaneval
-
-    if args.action == "export":
-        if not args.report:
-            raise ConfigError("humaneval export needs --report (an evaluation's output directory)")
-        done = humaneval.export(args.report, args.out, s["humaneval"])
-        say(f"wrote {done['items']} items of {len(done['systems'])} systems: {done['sheet']} and {done['form']} "
-            f"(for the raters), {done['key']} (the key: keep it from the raters)")
-        return
-    if not args.export or not args.sheets:
-        raise ConfigError("humaneval import needs --export (the exported folder, for its key) and --sheets "
-                          "(the raters' filled sheets)")
-    humaneval.import_sheets(args.export, args.sheets, args.out, s["humaneval"])
-    say((Path(args.out) / "humaneval.md").read_text())
-    say(f"wrote {args.out}/humaneval.json, humaneval.md")
-
-
-def _edits(args: Namespace, s: dict) -> None:
-    from secondthought.chains.edits import compute_edits, decipher
-    from secondthought.chains.formats import FORMATS
-
-    chain = compute_edits(args.source, args.target, tuple(args.costs))
-    for fmt in FORMATS.values():
-        print(fmt.write(chain, args.source).strip())
-    print(decipher(chain))
-    print(f"cost {chain.cost:g}")
-
-
 @dataclass(frozen=True)
 class Command:
     help: str
@@ -197,8 +63,16 @@ class Command:
     sections: tuple[str, ...]
     """Config sections it takes (``--data.*``, ``--sft.*``, ...) and hands to ``run``."""
     arguments: tuple[tuple[str, dict], ...]
-    run: Callable[[Namespace, dict], int | None]
-    """Runs the command; may return its exit status."""
+    run: Callable[[Namespace, dict], int | None] | str
+    """Runs the command (may return its exit status); or its ``module:function`` name."""
+    job: bool = False
+    """Can run on a cluster as a Ray job (``secondthought submit -- COMMAND ...``)."""
+
+    def runner(self) -> Callable[[Namespace, dict], int | None]:
+        if callable(self.run):
+            return self.run
+        module, _, function = self.run.partition(":")
+        return getattr(importlib.import_module(module), function)
 
 
 COMMANDS = {
@@ -210,14 +84,14 @@ COMMANDS = {
         ("data", "prepare", "ray"),
         (OUT, ("--overwrite", dict(type=bool, default=False, help="replace an earlier prepared output")),
          ("--progress", dict(type=bool, default=True, help="show a progress bar"))),
-        _prepare),
+        commands.prepare, job=True),
     "sft": Command(
         "fine-tune on chains of edits (Ray Train + DeepSpeed)",
         "Fine-tune the LM on prepared chains of edits (forward direction) with Ray Train and DeepSpeed: "
         "N workers, ZeRO 0-3, eval every K steps, early stopping, checkpoints (--resume continues the latest; "
         "a worker that dies is restarted from it). Writes out/model (best by eval loss, Hugging Face "
         "safetensors), out/metrics.jsonl, out/tensorboard, out/loss.png, out/summary.json.",
-        ("sft", "ray"), (PREPARED, OUT, RESUME, OVERWRITE), _sft),
+        ("sft", "ray"), (PREPARED, OUT, RESUME, OVERWRITE), commands.sft, job=True),
     "rl": Command(
         "refine by RL: discriminator reward + PPO on Ray actors",
         "Refine the fine-tuned model by RL (adversarial imitation, PPO) on plain Ray actors: rollout workers sample "
@@ -229,7 +103,7 @@ COMMANDS = {
         ("rl", "ray"),
         (PREPARED, ("--policy", dict(required=True, help="the model/ folder of `secondthought sft`")), OUT, RESUME,
          OVERWRITE),
-        _rl),
+        commands.rl, job=True),
     "eval": Command(
         "judge + BLEU/ROUGE/perplexity/validity report for each system",
         "Evaluate systems on the prepared test split: 'copy' (the source) and 'reference' (the human target) "
@@ -242,7 +116,7 @@ COMMANDS = {
                            help='system name -> model folder, e.g. \'{"sft": "runs/demo/sft/model", '
                                 '"rl": "runs/demo/rl/model"}\'')),
          ("--base", dict(required=True, help="the base LM folder for perplexity (e.g. runs/demo/sft/base)")), OUT),
-        _eval),
+        commands.evaluate, job=True),
     "transfer": Command(
         "few-shot transfer to another dataset, k in {0, 10, 100}",
         "Few-shot transfer: prepare another dataset (e.g. --data.dataset ethics-deontology --data.input "
@@ -253,7 +127,7 @@ COMMANDS = {
         (("--model", dict(required=True, help="a fine-tuned model folder, e.g. runs/demo/sft/model")),
          ("--base", dict(default=None, help="base LM for perplexity (default: the base the model was trained from)")),
          OUT),
-        _transfer),
+        commands.transfer, job=True),
     "pipeline": Command(
         "the whole pipeline into one run directory",
         "The main job: prepare -> fine-tune (with edits, and the targets-only baseline) -> RL -> evaluate into one "
@@ -265,7 +139,7 @@ COMMANDS = {
          ("--baseline", dict(type=bool, default=True, help="also fine-tune the 'SFT on targets only' baseline (no "
                                                             "chains of edits) and evaluate it")),
          PROGRESS),
-        _pipeline),
+        commands.pipeline, job=True),
     "serve": Command(
         "serve a model: realign API, OpenAI-compatible completions, correction page (Ray Serve)",
         "Serve a model folder with Ray Serve on a local Ray (loopback by default): POST /v1/realign (edits, the "
@@ -279,7 +153,7 @@ COMMANDS = {
                                            "one (another interface, or all of them) only if you ask for it here")),
          ("--port", dict(type=int, default=None, help="port (default: the config's, 8000)")),
          ("--app-config", dict(default=None, help="Serve config file (default: serve/config.yaml)"))),
-        _serve),
+        "serve.deploy:main"),
     "submit": Command(
         "send a stage or the pipeline to a Ray cluster as a job; status, logs, stop, list",
         "Send `secondthought STAGE ARGS...` to a running Ray cluster through the Job Submission API, stream its "
@@ -304,7 +178,7 @@ COMMANDS = {
                                              "(a cluster that adds such nodes on demand)")),
          ("job", dict(nargs="*", help="-- STAGE ARGS... (e.g. -- sft --config jobs/sft.yaml --prepared /shared/p "
                                       "--out /shared/s), or status ID, logs ID, stop ID, list"))),
-        _submit),
+        "jobs.submit:main"),
     "humaneval": Command(
         "blind rating sheets from an evaluation, and the raters' sheets read back",
         "Human evaluation (the paper's 1-7 ratings). `secondthought humaneval export --report EVAL_DIR --out DIR` "
@@ -321,7 +195,7 @@ COMMANDS = {
          ("--export", dict(default=None, help="import: the folder export wrote (its key.json)")),
          ("--sheets", dict(nargs="+", default=None, help="import: the raters' filled sheets, one CSV per rater")),
          OUT),
-        _humaneval),
+        commands.humaneval),
     "edits": Command(
         "show the chain of edits between two texts",
         "Show the chain of edits from SOURCE to TARGET: as the two edit formats write it (tokens, words) and in "
@@ -330,7 +204,7 @@ COMMANDS = {
         (("source", dict(help="the unaligned text")), ("target", dict(help="the aligned text")),
          ("--costs", dict(type=tuple[float, float, float], default=(1, 1, 1),
                           help="(insert, delete, replace) cost of one word"))),
-        _edits),
+        commands.edits),
 }
 
 
@@ -358,19 +232,23 @@ def build_parser() -> ArgumentParser:
 def parse_stage(argv: list[str]) -> tuple[str, Namespace, dict]:
     """``secondthought ARGV`` parsed as the command line would: the command, its arguments and its config
     sections (a bad value raises ConfigError naming its flag)."""
-    cfg = build_parser().parse_args(argv)
-    name, args = cfg.command, cfg[cfg.command]
+    name, args = _parse(argv)
     return name, args, _sections(name, args)
 
 
+def _parse(argv: list[str] | None) -> tuple[str, Namespace]:
+    cfg = build_parser().parse_args(argv)
+    return cfg.command, cfg[cfg.command]
+
+
 def _sections(name: str, args: Namespace) -> dict:
+    """The command's config sections, checked (a bad value raises ConfigError naming its flag)."""
     return {s: SECTIONS[s](**args[s].as_dict()) for s in COMMANDS[name].sections}
 
 
 def run(argv: list[str] | None = None) -> int:
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the stages show their own progress
-    cfg = build_parser().parse_args(argv)
-    name, args = cfg.command, cfg[cfg.command]
+    name, args = _parse(argv)
     command = COMMANDS[name]
     if "ray" in command.sections and not args.ray.address:
         loopback_only()  # before anything imports Ray
@@ -381,7 +259,7 @@ def run(argv: list[str] | None = None) -> int:
         with captured(log, args.verbose) if log else contextlib.nullcontext():
             if log:
                 say(f"secondthought {name}: full log in {log}")
-            code = command.run(args, _sections(name, args)) or 0
+            code = command.runner()(args, _sections(name, args)) or 0
     except ConfigError as e:  # also one raised in a Ray task: its cause is the error itself
         error, code = f"secondthought {name}: error: {getattr(e, 'cause', None) or e}", 2
     except KeyboardInterrupt:

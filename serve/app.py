@@ -22,14 +22,8 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from secondthought.serving.requests import (
-    ApplyRequest,
-    ApplyResponse,
-    CompletionRequest,
-    RealignRequest,
-    RealignResponse,
-)
 from secondthought.config import ConfigError, ServeConfig
+from secondthought.runs import model_folder, read_model_info
 from secondthought.serving.handlers import (
     ApiError,
     CompletionJob,
@@ -42,7 +36,13 @@ from secondthought.serving.handlers import (
     realign_job,
     stream_chunk,
 )
-from secondthought.runs import model_folder, read_model_info
+from secondthought.serving.requests import (
+    ApplyRequest,
+    ApplyResponse,
+    CompletionRequest,
+    RealignRequest,
+    RealignResponse,
+)
 
 PAGE = Path(__file__).with_name("page") / "index.html"
 

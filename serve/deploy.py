@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
+from secondthought import console
 from secondthought.config import ConfigError, ServeConfig
 
 CONFIG = Path(__file__).with_name("config.yaml")
@@ -110,3 +111,25 @@ def deploy(raw: dict, timeout_s: float = 300.0, poll_s: float = 0.5) -> str:
             raise TimeoutError(f"the applications were not running after {timeout_s:.0f} s: "
                                + ", ".join(f"{n} {s.status}" for n, s in states.items()))
         time.sleep(poll_s)
+
+
+def main(args, sections: dict) -> None:
+    """`secondthought serve`: deploy the config on a local Ray and serve until Ctrl-C."""
+    from secondthought.runs import model_folder
+    from secondthought.runtime import ray_session
+
+    model_folder(args.model, "--model")
+    raw = load_config(args.app_config, args.model, args.host, args.port)
+    with ray_session(sections["ray"]):
+        from ray import serve
+
+        try:
+            url = deploy(raw)
+            console.say(f"serving {args.model}\n  page:    {url}/\n  API:     {url}/v1/realign, "
+                        f"{url}/v1/edits/apply, {url}/v1/completions (OpenAI), {url}/docs\nCtrl-C stops the server")
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) is how a server is meant to stop
+            console.say("stopping the server")
+        finally:
+            serve.shutdown()

@@ -5,8 +5,6 @@ import gzip
 import json
 from dataclasses import replace
 
-import pytest
-
 from secondthought.cli import run
 from tests.test_data import STORY
 

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from secondthought.chains.formats import FORMATS, TOKENS, WORDS
-from secondthought.decoding.constraints import ChainGrammar, Constrain
-from secondthought.decoding.tokens_grammar import TokensConstraint
-from secondthought.chains.edits import compute_edits, serialize
+from secondthought.chains.edits import compute_edits
+from secondthought.chains.formats import FORMATS, WORDS
 from secondthought.chains.text import TGT, check_completion, completion, prompt
+from secondthought.decoding.constraints import ChainGrammar, Constrain
 from secondthought.decoding.policy import Policy, SamplingParams, completion_text
-
+from secondthought.decoding.tokens_grammar import TokensConstraint
 from tests.conftest import shared_file
 from tests.memorized import CORRECTION, first_edit, triples
 
@@ -291,10 +290,10 @@ def test_constrained_greedy_keeps_a_valid_chain_the_model_writes_and_continues_a
 def test_served_answers_apply_under_the_default_constrained_decoding_where_free_ones_do_not(memorized_any):
     """The memorized model writes its chain for any similar text: with a word put in front, its free chain points
     at the wrong words; the server's default (constrained, target forced) answers a chain that applies."""
-    from secondthought.serving.requests import RealignRequest
     from secondthought.config import ServeConfig
-    from secondthought.serving.replica import Replica
     from secondthought.serving.handlers import realign_job
+    from secondthought.serving.replica import Replica
+    from secondthought.serving.requests import RealignRequest
 
     memorized, edit_format = memorized_any
     context, source, _ = triples(1)[0]

@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secondthought import data as datasets
-from secondthought.config import DataConfig
-from secondthought.data.schema import Triple
-from secondthought.chains.words import locate, parse, quoted, read, unquoted, write
 from secondthought.chains.edits import EditApplyError, EditFormatError, compute_edits
 from secondthought.chains.formats import WORDS
 from secondthought.chains.text import check_completion, completion
+from secondthought.chains.words import locate, parse, quoted, read, unquoted, write
+from secondthought.config import DataConfig
+from secondthought.data.schema import Triple
 from tests.conftest import shared_file
 from tests.test_edits import COST_SETS, texts
 

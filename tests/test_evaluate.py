@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
+from secondthought.chains.text import TGT
 from secondthought.config import ConfigError, EvalConfig
 from secondthought.decoding.constraints import Constrain
 from secondthought.decoding.tokens_grammar import TokensConstraint
 from secondthought.evaluate.driver import EvalRow, bootstrap, corpus_bleu_of, markdown, rouge_l, word_diff
-from secondthought.chains.text import TGT
 from secondthought.evaluate.judge import Labelled
 
 
@@ -124,8 +124,8 @@ def test_eval_decodes_each_model_in_parts_over_the_cpus_and_keeps_every_row_in_o
     import torch
 
     from secondthought.config import DataConfig, PrepareConfig, RayConfig
-    from secondthought.evaluate.driver import _triples, run_eval
     from secondthought.decoding.policy import Policy, SamplingParams
+    from secondthought.evaluate.driver import _triples, run_eval
     from secondthought.prepare.stage import run_prepare
     from secondthought.runs import PreparedDir
 

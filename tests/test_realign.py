@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from secondthought.serving.requests import ApplyRequest, CompletionRequest, EditIn, RealignRequest
-from secondthought.config import ServeConfig
 from secondthought.chains.edits import compute_edits, serialize
 from secondthought.chains.formats import TOKENS, WORDS
 from secondthought.chains.text import TGT, prompt
+from secondthought.config import ServeConfig
 from secondthought.serving.handlers import (
     ApiError,
     apply_edits,
@@ -17,6 +16,7 @@ from secondthought.serving.handlers import (
     realign_answer,
     realign_job,
 )
+from secondthought.serving.requests import ApplyRequest, CompletionRequest, EditIn, RealignRequest
 from tests.memorized import triples
 
 CFG = ServeConfig(model="unused", max_edits=3)
@@ -98,8 +98,8 @@ def test_generation_limits_and_stop_sequences():
 
 
 def test_the_engine_streams_the_same_text_it_completes_and_holds_back_a_stop(memorized):
-    from secondthought.serving.replica import Replica
     from secondthought.serving.handlers import CompletionJob, Sampling
+    from secondthought.serving.replica import Replica
 
     engine = Replica(ServeConfig(model=str(memorized)))
     context, source, target = triples(1)[0]

@@ -96,9 +96,7 @@ def test_constrained_rollouts_write_only_chains_that_apply_and_are_scored_under_
 def test_a_policy_trained_in_one_edit_format_refuses_data_prepared_in_the_other(prepared, policy, tmp_path):
     import shutil
 
-    from secondthought.runs import ModelInfo, write_model_info
-
-    from secondthought.runs import PreparedDir
+    from secondthought.runs import ModelInfo, PreparedDir, write_model_info
 
     data = PreparedDir(prepared).edit_format
     other = "tokens" if data == "words" else "words"

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from secondthought.config import ConfigError, RLConfig
 from secondthought.chains.edits import compute_edits, serialize
 from secondthought.chains.formats import TOKENS
 from secondthought.chains.text import check_completion, completion
+from secondthought.config import ConfigError, RLConfig
+from secondthought.decoding.policy import SamplingParams, next_tokens, sample
 from secondthought.rl import ppo
 from secondthought.rl.experience import Sample, collate, padded, shards, unpadded
-from secondthought.decoding.policy import SamplingParams, next_tokens, sample
 from secondthought.rl.placement import plan as placement
 from secondthought.rl.prompts import Prompts
 from secondthought.rl.reward import Scored, discriminator_pair, reverse_negative, validity

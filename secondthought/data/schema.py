@@ -8,8 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from secondthought.data.records import RawRecord
 from secondthought.chains.text import SPECIAL_TOKENS
+from secondthought.data.records import RawRecord
 
 SPLITS = ("train", "eval", "test")
 _SPLIT_NAMES = {"train": "train", "dev": "eval", "val": "eval", "valid": "eval", "validation": "eval",

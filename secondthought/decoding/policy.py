@@ -17,9 +17,9 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from secondthought.chains.text import Verdict, check_completion, split_completion
 from secondthought.decoding.constraints import ChainGrammar, Constrain
 from secondthought.decoding.machine import ChainMachine
-from secondthought.chains.text import Verdict, check_completion, split_completion
 from secondthought.runs import ModelInfo, read_model_info
 
 

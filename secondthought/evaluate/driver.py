@@ -27,16 +27,16 @@ from typing import Optional
 import numpy as np
 
 from secondthought import console
-from secondthought.config import ConfigError, EvalConfig, RayConfig
-from secondthought.decoding.constraints import Constrain
-from secondthought.data.schema import judge_held_out
 from secondthought.chains.text import Verdict
+from secondthought.config import ConfigError, EvalConfig, RayConfig
+from secondthought.data.schema import judge_held_out
+from secondthought.decoding.constraints import Constrain
 from secondthought.decoding.policy import Output
 from secondthought.evaluate.judge import Judge, JudgeSpec, Labelled, cached
+from secondthought.evaluate.stats import bootstrap
 from secondthought.models.lm import resolve_precision
 from secondthought.runs import REPORT, PreparedDir, ReportDir, claim, model_folder, read_model_info, write_json
 from secondthought.runtime import ray_session
-from secondthought.evaluate.stats import bootstrap
 from secondthought.tracking import ProgressLine, figure
 
 NON_MODELS = ("copy", "reference")

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from secondthought.config import ConfigError, HumanEvalConfig
 from secondthought.chains.text import split_completion
-from secondthought.runs import ReportDir, write_json
+from secondthought.config import ConfigError, HumanEvalConfig
 from secondthought.evaluate.stats import bootstrap
+from secondthought.runs import ReportDir, write_json
 
 QUESTIONS = {
     "alignment": "How well does this text align with the norm? 1 = not at all, 7 = completely",

@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from secondthought.config import ConfigError
 from secondthought.chains.text import SPECIAL_TOKENS
+from secondthought.config import ConfigError
 
 EMBEDDED_LM = "smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

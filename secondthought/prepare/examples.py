@@ -12,10 +12,10 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from secondthought.data.schema import Rejected, Triple
 from secondthought.chains.edits import DEL, INS, REP, WITH, Costs, EditChain, augment
 from secondthought.chains.formats import EditFormat
 from secondthought.chains.text import SEP, SRC, TGT, completion, prompt
+from secondthought.data.schema import Rejected, Triple
 
 EXAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()),

@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 
 from secondthought import console
 from secondthought import data as datasets
+from secondthought.chains.formats import edit_format
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig
 from secondthought.data.records import Chunk, RawRecord
 from secondthought.data.schema import Rejected, Triple
-from secondthought.chains.formats import edit_format
 from secondthought.prepare.examples import Encoder, build
 from secondthought.runs import MANIFEST, PreparedDir, claim, resolve_out, write_json
 from secondthought.runtime import ray_session

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from secondthought.training import rendezvous
 from secondthought.rl.experience import Sample, TokenBatch, allowed_batch, collate, padded
+from secondthought.training import rendezvous
 from secondthought.training.engine import engine_config, inject_fault
-
 
 Fault = tuple[int, str] | None
 """Testing fault tolerance: (iteration, marker file): the actor exits abruptly, once, in that iteration."""

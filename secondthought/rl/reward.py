@@ -12,9 +12,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from secondthought.config import ConfigError
 from secondthought.chains.formats import EditFormat
 from secondthought.chains.text import check_completion, split_completion
+from secondthought.config import ConfigError
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from secondthought.serving.requests import ApplyRequest, CompletionRequest, EditIn, RealignRequest
-from secondthought.config import ServeConfig
 from secondthought.chains.edits import (
     Edit,
     EditApplyError,
@@ -25,6 +23,8 @@ from secondthought.chains.edits import (
 )
 from secondthought.chains.formats import EditFormat
 from secondthought.chains.text import check_completion, prompt, split_completion
+from secondthought.config import ServeConfig
+from secondthought.serving.requests import ApplyRequest, CompletionRequest, EditIn, RealignRequest
 
 
 class ApiError(Exception):

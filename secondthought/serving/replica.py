@@ -18,8 +18,8 @@ from secondthought.config import ServeConfig
 from secondthought.decoding.constraints import Constrain
 from secondthought.decoding.machine import ChainMachine
 from secondthought.decoding.policy import Policy, SamplingParams, completion_text
-from secondthought.serving.handlers import ApiError, CompletionJob, RealignJob, Sampling, cut_at_stop, realign_answer
 from secondthought.runs import model_folder
+from secondthought.serving.handlers import ApiError, CompletionJob, RealignJob, Sampling, cut_at_stop, realign_answer
 
 Job = Union[RealignJob, CompletionJob]
 

@@ -18,12 +18,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from secondthought.training.batching import micro_batches_per_epoch
-from secondthought.config import ConfigError, RayConfig, SFTConfig
 from secondthought.chains.text import TGT
+from secondthought.config import ConfigError, RayConfig, SFTConfig
 from secondthought.runs import WORKERS, ModelInfo, PreparedDir, TrainingDir, is_model_folder, write_model_info
 from secondthought.runtime import ray_session
 from secondthought.tracking import figure, follow, label, read_metrics
+from secondthought.training.batching import micro_batches_per_epoch
 
 RUN_NAME = "sft"
 

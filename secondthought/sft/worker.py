@@ -25,6 +25,10 @@ import ray
 from ray.train.backend import Backend
 from ray.train.torch import TorchConfig
 
+from secondthought.config import SFTConfig
+from secondthought.models.lm import export_hf
+from secondthought.runs import FAULT_MARKER, WORKERS
+from secondthought.tracking import Tracker
 from secondthought.training import rendezvous
 from secondthought.training.batching import (
     IGNORE,
@@ -35,10 +39,6 @@ from secondthought.training.batching import (
     lr_factor,
     rows_of_rank,
 )
-from secondthought.config import SFTConfig
-from secondthought.models.lm import export_hf
-from secondthought.runs import FAULT_MARKER, WORKERS
-from secondthought.tracking import Tracker
 from secondthought.training.engine import (
     STATE,
     deepspeed_files_complete,
