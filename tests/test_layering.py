@@ -22,6 +22,7 @@ LAYERS = (
 STAGES = ("secondthought.prepare", "secondthought.sft", "secondthought.rl", "secondthought.evaluate")
 """They talk only through run directories."""
 RAY = {"secondthought.runtime", "secondthought.cli", "secondthought.prepare.stage", "secondthought.sft.driver",
+       "secondthought.sft.backend",
        "secondthought.sft.worker", "secondthought.rl.actors", "secondthought.rl.driver", "secondthought.rl.group",
        "secondthought.rl.placement", "secondthought.evaluate.driver"}
 """The only modules of the library that import Ray: the rest is pure (edit chains, decoding, PPO math, judges)."""

@@ -7,7 +7,7 @@ from secondthought.chains.edits import augment
 from secondthought.chains.formats import FORMATS
 from secondthought.chains.text import SEP, TGT, completion, prompt
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig
-from secondthought.prepare.examples import Encoder
+from secondthought.prepare.encoding import Encoder
 from secondthought.prepare.stage import run_prepare
 from tests.conftest import SAMPLE, shared_file
 from tests.test_data import STORY

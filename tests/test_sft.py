@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig, SFTConfig
 from secondthought.prepare.stage import run_prepare
 from secondthought.sft.driver import run_sft
-from secondthought.training.batching import Row, bucketed, collate, lr_factor, micro_batches_per_epoch, rows_of_rank
+from secondthought.training.batching import Row, bucketed, collate, micro_batches_per_epoch, rows_of_rank
+from secondthought.training.schedule import lr_factor
 from tests.conftest import shared_file
 
 TINY = dict(model="tiny-llama", micro_batch_size=4, lr=3e-3, warmup_fraction=0.0, log_every=100)

@@ -11,7 +11,6 @@ from typing import Iterable, Iterator
 from secondthought.chains.text import SPECIAL_TOKENS
 from secondthought.data.records import RawRecord
 
-SPLITS = ("train", "eval", "test")
 _SPLIT_NAMES = {"train": "train", "dev": "eval", "val": "eval", "valid": "eval", "validation": "eval",
                 "eval": "eval", "test": "test"}
 

@@ -30,7 +30,7 @@ from secondthought.chains.formats import edit_format
 from secondthought.config import ConfigError, DataConfig, PrepareConfig, RayConfig
 from secondthought.data.records import Chunk, RawRecord
 from secondthought.data.schema import Rejected, Triple
-from secondthought.prepare.examples import Encoder, build
+from secondthought.prepare.encoding import Encoder, build
 from secondthought.runs import MANIFEST, PreparedDir, claim, resolve_out, write_json
 from secondthought.runtime import ray_session
 

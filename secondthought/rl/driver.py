@@ -26,7 +26,7 @@ from secondthought.decoding.constraints import Constrain
 from secondthought.decoding.policy import completion_text
 from secondthought.rl import ppo
 from secondthought.rl.actors import Discriminator, Learner, Reference, RolloutWorker
-from secondthought.rl.experience import Sample, shards
+from secondthought.rl.experience import Sample, attach_advantages, shards
 from secondthought.rl.group import ActorGroup, retrying
 from secondthought.rl.placement import Placement
 from secondthought.rl.prompts import Prompts, load_prompts
@@ -181,7 +181,7 @@ class RLRun:
         for s, lp in zip(samples, ref):
             s.ref_logprobs = lp
 
-    # 4. advantages: ppo.attach_advantages (pure)
+    # 4. advantages: experience.attach_advantages (pure)
 
     def learn(self, samples: list[Sample], iteration: int) -> dict:
         """5. PPO epochs on the learners, each over its slice of the samples."""
@@ -248,7 +248,8 @@ class RLRun:
         t1 = time.time()
         scores, parts, items = self.score(samples)                                            # 2
         self.logprobs_and_values(samples, i)                                                  # 3
-        adv_stats = ppo.attach_advantages(samples, scores, state.kl_coef, cfg)                # 4
+        adv_stats = attach_advantages(samples, scores, state.kl_coef, cfg.kl_estimator, cfg.gamma, cfg.lam,  # 4
+                                      cfg.whiten_advantages)
         t2 = time.time()
         learn = self.learn(samples, i)                                                        # 5
         t3 = time.time()

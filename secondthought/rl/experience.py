@@ -1,4 +1,5 @@
-"""Rollout samples and how they are batched for scoring and learning (numpy only).
+"""Rollout samples, how they are batched for scoring and learning, and their advantages (numpy, and torch for
+``ppo``'s math).
 
 A batch lays each sample out as ``[left padding | prompt | completion | right padding]``: prompts are
 left-padded to one width P and completions right-padded to one width T, so the completion's tokens
@@ -11,6 +12,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
+
+from secondthought.rl.ppo import estimate_advantages
 
 
 @dataclass
@@ -88,3 +92,19 @@ def allowed_batch(samples: Sequence[Sample], width: int, vocab: int) -> np.ndarr
         if s.allowed is not None and len(s.allowed):
             out[k, : len(s.allowed)] = np.unpackbits(s.allowed, axis=-1, count=vocab).astype(bool)
     return out
+
+
+def attach_advantages(samples: Sequence[Sample], scores: np.ndarray, kl_coef: float, estimator: str, gamma: float,
+                      lam: float, whiten: bool) -> dict:
+    """Set each sample's advantages and returns from its log-probabilities, reference log-probabilities and
+    values; returns the iteration's mean sequence KL, reward and score."""
+    width = max(len(s.completion_ids) for s in samples)
+    mask = torch.from_numpy(padded([np.ones(len(s.completion_ids)) for s in samples], width))
+    logp, ref, values = (torch.from_numpy(padded([getattr(s, name) for s in samples], width))
+                         for name in ("logprobs", "ref_logprobs", "values"))
+    est = estimate_advantages(torch.from_numpy(scores), logp, ref, values, mask, kl_coef, estimator, gamma, lam,
+                              whiten)
+    for s, a, r in zip(samples, unpadded(est.advantages.numpy(), samples), unpadded(est.returns.numpy(), samples)):
+        s.advantages, s.returns = a, r
+    return {"kl": float(est.kl.sum(dim=1).mean()), "reward": float(est.rewards.sum(dim=1).mean()),
+            "score": float(scores.mean())}

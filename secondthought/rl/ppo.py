@@ -1,21 +1,16 @@
 """PPO for language models, token level: KL estimators, GAE, clipped losses, adaptive KL control.
 
 Pure tensor math (torch only, no Ray, no model). Shapes are [batch, completion tokens]; ``mask`` is 1
-on generated tokens and 0 on padding, and every mean here is over the unmasked tokens only.
-``attach_advantages`` lays an iteration's samples out for it (the driver's advantage step).
+on generated tokens and 0 on padding, and every mean here is over the unmasked tokens only. Plain tensors
+in, plain tensors out: ``experience.attach_advantages`` lays an iteration's samples out for it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
 
-import numpy as np
 import torch
-
-from secondthought.config import RLConfig
-from secondthought.rl.experience import Sample, padded, unpadded
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -162,18 +157,3 @@ def estimate_advantages(scores: torch.Tensor, logprobs: torch.Tensor, ref_logpro
     if whiten:
         advantages = masked_whiten(advantages, mask)
     return Advantages(advantages, returns, kl, rewards)
-
-
-def attach_advantages(samples: Sequence[Sample], scores: np.ndarray, kl_coef: float, cfg: RLConfig) -> dict:
-    """Set each sample's advantages and returns from its log-probabilities, reference log-probabilities and
-    values; returns the iteration's mean sequence KL, reward and score."""
-    width = max(len(s.completion_ids) for s in samples)
-    mask = torch.from_numpy(padded([np.ones(len(s.completion_ids)) for s in samples], width))
-    logp, ref, values = (torch.from_numpy(padded([getattr(s, name) for s in samples], width))
-                         for name in ("logprobs", "ref_logprobs", "values"))
-    est = estimate_advantages(torch.from_numpy(scores), logp, ref, values, mask, kl_coef, cfg.kl_estimator,
-                              cfg.gamma, cfg.lam, cfg.whiten_advantages)
-    for s, a, r in zip(samples, unpadded(est.advantages.numpy(), samples), unpadded(est.returns.numpy(), samples)):
-        s.advantages, s.returns = a, r
-    return {"kl": float(est.kl.sum(dim=1).mean()), "reward": float(est.rewards.sum(dim=1).mean()),
-            "score": float(scores.mean())}

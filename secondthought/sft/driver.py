@@ -60,24 +60,28 @@ def plot_losses(by_step: dict[int, dict], png: Path) -> None:
 def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str | Path,
             resume: bool = False, overwrite: bool = False) -> dict:
     """Train into ``out``; returns the summary (also written to ``out/summary.json``)."""
-    import ray.data
-    import ray.train
-    from ray.data import ExecutionOptions
-    from ray.train.torch import TorchTrainer
-    from transformers import AutoTokenizer
-
-    from secondthought.models.lm import build_base_model, check_model
-    from secondthought.sft.worker import NodeBoundTorchConfig, train_loop_per_worker
+    from secondthought.models.lm import check_model
 
     prepared = PreparedDir.open(prepared)
     check_model(cfg.model, "--sft.model")
     run = TrainingDir.start(out, asdict(cfg), resume, overwrite)
-    out = run.path
+    plan, data = _plan(prepared, cfg, run)
+    started = time.time()
+    with ray_session(ray_cfg, shared=run.path):
+        _fit(prepared, cfg, plan, data, run)
+    return _finish(prepared, cfg, plan, data, run, time.time() - started)
+
+
+def _plan(prepared: PreparedDir, cfg: SFTConfig, run: TrainingDir) -> tuple[dict, dict]:
+    """The base model (built once), and what every worker needs to know (folders, step counts, token ids); with
+    what the data gives (rows, and the cost set that keeps one row per triple where chains are left out)."""
+    from transformers import AutoTokenizer
+
+    from secondthought.models.lm import build_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(prepared.tokenizer)
     if not is_model_folder(run.base):
         build_base_model(cfg.model, tokenizer, run.base, cfg.trust_remote_code, cfg.seed)
-
     # Without chains the rows of one triple's other cost sets would be copies: keep one per triple.
     one_per_triple = None if cfg.chains else prepared.manifest()["cost_sets"][0]
     n_train = prepared.count_forward("train", one_per_triple)
@@ -95,40 +99,56 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
     if eval_used < cfg.num_workers:
         raise ConfigError(f"the eval split has {n_eval} chains: too few to evaluate on {cfg.num_workers} workers")
     plan = {
-        "out": str(out), "base_dir": str(run.base), "best_dir": str(run.best), "pad_id": tokenizer.pad_token_id,
+        "out": str(run.path), "base_dir": str(run.base), "best_dir": str(run.best), "pad_id": tokenizer.pad_token_id,
         "tgt_id": tokenizer.convert_tokens_to_ids(TGT),
         "micro_batches_per_epoch": per_epoch, "total_steps": total_steps,
         "warmup_steps": int(cfg.warmup_fraction * total_steps), "eval_rows_per_rank": eval_used // cfg.num_workers,
-        "checkpoints": str(out / "ray" / RUN_NAME),
+        "checkpoints": str(run.path / "ray" / RUN_NAME),
     }
-    started = time.time()
-    with ray_session(ray_cfg, shared=out):
-        ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print their own progress
-        cpus = ray.cluster_resources().get("CPU", 0)
-        per_worker = cfg.cpus_per_worker or cpus_per_worker(cfg.num_workers, cpus)
-        # Ray gives a CPU worker one torch thread; the data feeding it needs little, so a worker that has the
-        # machine to itself (few-shot transfer) uses the CPUs the other workers would have had
-        plan["torch_threads"] = max(1, int(cpus // cfg.num_workers))
-        trainer = TorchTrainer(
-            train_loop_per_worker, torch_config=NodeBoundTorchConfig(),
-            train_loop_config={"sft": asdict(cfg), "plan": plan},
-            scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                                   resources_per_worker={"CPU": per_worker},
-                                                   placement_strategy=cfg.placement_strategy),
-            run_config=ray.train.RunConfig(
-                name=RUN_NAME, storage_path=str(out / "ray"),
-                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            ),
-            datasets={"train": _dataset(prepared.split("train"), cfg.max_train_rows, one_per_triple),
-                      "eval": _dataset(prepared.split("eval"), cfg.max_eval_rows, one_per_triple)},
-            # Every worker reads the whole (ordered) split and keeps its own rows: a restarted run
-            # then sees exactly the same batches and can skip the ones it had done.
-            dataset_config=ray.train.DataConfig(datasets_to_split=[],
-                                                execution_options=ExecutionOptions(preserve_order=True)),
-        )
-        with follow(run.metrics, "step", total_steps, "sft"):
-            trainer.fit()
+    return plan, {"train_chains": n_train, "eval_chains": eval_used, "one_per_triple": one_per_triple}
+
+
+def _fit(prepared: PreparedDir, cfg: SFTConfig, plan: dict, data: dict, run: TrainingDir) -> None:
+    """Ray Train's TorchTrainer over the workers' loop (``sft.worker``), with its progress shown."""
+    import ray.data
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchTrainer
+
+    from secondthought.sft.backend import NodeBoundTorchConfig
+    from secondthought.sft.worker import train_loop_per_worker
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print their own progress
+    cpus = ray.cluster_resources().get("CPU", 0)
+    per_worker = cfg.cpus_per_worker or cpus_per_worker(cfg.num_workers, cpus)
+    # Ray gives a CPU worker one torch thread; the data feeding it needs little, so a worker that has the
+    # machine to itself (few-shot transfer) uses the CPUs the other workers would have had
+    plan = {**plan, "torch_threads": max(1, int(cpus // cfg.num_workers))}
+    one_per_triple = data["one_per_triple"]
+    trainer = TorchTrainer(
+        train_loop_per_worker, torch_config=NodeBoundTorchConfig(),
+        train_loop_config={"sft": asdict(cfg), "plan": plan},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": per_worker},
+                                               placement_strategy=cfg.placement_strategy),
+        run_config=ray.train.RunConfig(
+            name=RUN_NAME, storage_path=str(run.path / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": _dataset(prepared.split("train"), cfg.max_train_rows, one_per_triple),
+                  "eval": _dataset(prepared.split("eval"), cfg.max_eval_rows, one_per_triple)},
+        # Every worker reads the whole (ordered) split and keeps its own rows: a restarted run
+        # then sees exactly the same batches and can skip the ones it had done.
+        dataset_config=ray.train.DataConfig(datasets_to_split=[],
+                                            execution_options=ExecutionOptions(preserve_order=True)),
+    )
+    with follow(run.metrics, "step", plan["total_steps"], "sft"):
+        trainer.fit()
+
+
+def _finish(prepared: PreparedDir, cfg: SFTConfig, plan: dict, data: dict, run: TrainingDir, seconds: float) -> dict:
+    """The best model as out/model with its metadata, the loss plot, and the summary (written last)."""
     if not is_model_folder(run.best):
         raise RuntimeError(f"training ended without an evaluated model in {run.best}")
     shutil.rmtree(run.model, ignore_errors=True)
@@ -136,16 +156,17 @@ def run_sft(prepared: str | Path, cfg: SFTConfig, ray_cfg: RayConfig, out: str |
     write_model_info(run.model, ModelInfo(stage="sft", writes_chains=cfg.chains, edit_format=prepared.edit_format,
                                           base_model=cfg.model,
                                           base_folder=str(run.base), trained_from=cfg.model))
+    out = run.path
     rows = read_metrics(run.metrics, "step")
     plot_losses(rows, out / "loss.png")
     last = rows[max(rows)]
     evals = [r["eval_loss"] for r in rows.values() if "eval_loss" in r]
     summary = {
-        "model": str(run.model), "base_model": cfg.model, "steps": max(rows), "total_steps": total_steps,
-        "train_chains": n_train, "eval_chains": eval_used, "first_loss": rows[min(rows)]["loss"],
+        "model": str(run.model), "base_model": cfg.model, "steps": max(rows), "total_steps": plan["total_steps"],
+        "train_chains": data["train_chains"], "eval_chains": data["eval_chains"], "first_loss": rows[min(rows)]["loss"],
         "last_loss": last["loss"], "best_eval_loss": min(evals) if evals else math.nan,
-        "stopped_early": max(rows) < total_steps,
-        "seconds": round(time.time() - started, 1), "loss_plot": str(out / "loss.png"),
+        "stopped_early": max(rows) < plan["total_steps"],
+        "seconds": round(seconds, 1), "loss_plot": str(out / "loss.png"),
         "tensorboard": str(out / "tensorboard"),
         "nodes": [w["node_id"] for w in json.loads((out / WORKERS).read_text())],
     }

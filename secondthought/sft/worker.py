@@ -1,5 +1,5 @@
-"""The fine-tuning loop each Ray Train worker runs (the driver is ``sft.py``): a DeepSpeed engine and a
-flat loop.
+"""The fine-tuning loop each Ray Train worker runs (the driver is ``sft.driver``): set up a DeepSpeed engine, then
+a flat loop.
 
 get batch -> forward -> backward -> step (DeepSpeed accumulates, clips, steps the schedule)
 -> log -> every K steps: evaluate, checkpoint, export the best model, early stopping.
@@ -22,23 +22,12 @@ from typing import Iterator
 
 import numpy as np
 import ray
-from ray.train.backend import Backend
-from ray.train.torch import TorchConfig
 
 from secondthought.config import SFTConfig
 from secondthought.models.lm import export_hf
 from secondthought.runs import FAULT_MARKER, WORKERS
 from secondthought.tracking import Tracker
-from secondthought.training import rendezvous
-from secondthought.training.batching import (
-    IGNORE,
-    Batch,
-    Row,
-    bucketed,
-    collate,
-    lr_factor,
-    rows_of_rank,
-)
+from secondthought.training.batching import IGNORE, Batch, Row, bucketed, collate, rows_of_rank
 from secondthought.training.engine import (
     STATE,
     deepspeed_files_complete,
@@ -47,6 +36,7 @@ from secondthought.training.engine import (
     inject_fault,
     newest_checkpoint,
 )
+from secondthought.training.schedule import lr_factor
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
 """Dense bf16 peak of common accelerators, for the MFU estimate."""
@@ -157,43 +147,6 @@ def _checkpoint(engine, state: TrainState, metrics: dict, rank: int) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-class _NodeBoundBackend(Backend):
-    """Ray Train's torch backend, but the process group meets at a store on rank 0's own address
-    (rendezvous.py) instead of torch's ``env://`` store, which listens on every address."""
-
-    share_cuda_visible_devices = True
-
-    def on_start(self, worker_group, backend_config) -> None:
-        address = worker_group.execute_single(0, _serve)
-        ray.get([worker_group.execute_single_async(rank, _join, address, rank, len(worker_group),
-                                                   backend_config.timeout_s)
-                 for rank in range(len(worker_group))])
-
-    def on_shutdown(self, worker_group, backend_config) -> None:
-        worker_group.execute(rendezvous.leave)
-
-
-def _serve() -> tuple[str, int]:
-    return rendezvous.serve(ray.util.get_node_ip_address())
-
-
-def _join(address: tuple[str, int], rank: int, world: int, timeout_s: float) -> None:
-    import ray.train.torch
-
-    context = ray.train.get_context()
-    for name, value in (("LOCAL_RANK", context.get_local_rank()), ("LOCAL_WORLD_SIZE", context.get_local_world_size()),
-                        ("NODE_RANK", context.get_node_rank()), ("RANK", rank), ("WORLD_SIZE", world)):
-        os.environ[name] = str(value)
-    rendezvous.join(address, rank, world, ray.train.torch.get_device().type, timeout_s)
-
-
-@dataclass
-class NodeBoundTorchConfig(TorchConfig):
-    @property
-    def backend_cls(self):
-        return _NodeBoundBackend
-
-
 def _record_nodes(path: Path, rank: int, world: int) -> None:
     """Rank 0 writes the Ray node each rank runs on (gathered over the process group)."""
     import torch.distributed as dist
@@ -205,17 +158,65 @@ def _record_nodes(path: Path, rank: int, world: int) -> None:
         path.write_text(json.dumps(everyone, indent=1))
 
 
+@dataclass
+class _Worker:
+    """What one worker's loop works with, set up once."""
+
+    cfg: SFTConfig
+    plan: dict
+    """What the driver planned for every worker: folders, step counts, token ids (``sft.driver``)."""
+    rank: int
+    world: int
+    device: object
+    engine: object
+    scheduler: object
+    state: TrainState
+    eval_rows: list[Row]
+    train_shard: object
+    tracker: Tracker
+    n_params: int
+    peak_tflops: float | None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.plan["out"])
+
+    @property
+    def cut(self) -> int | None:
+        """The token the chain is cut out before (the targets-only baseline), or None."""
+        return None if self.cfg.chains else self.plan["tgt_id"]
+
+
+@dataclass
+class _Window:
+    """The micro-batches since the last optimizer step, added up for its log line."""
+
+    started: float = field(default_factory=time.time)
+    loss: float = 0.0
+    micro: int = 0
+    tokens: int = 0
+    padded: int = 0
+
+    def add(self, loss: float, batch: Batch) -> None:
+        self.loss += loss
+        self.micro += 1
+        self.tokens += batch.tokens
+        self.padded += batch.attention_mask.size
+
+
 def train_loop_per_worker(config: dict) -> None:
-    import deepspeed
+    """What each Ray Train worker runs: set up, train, clean up."""
+    worker = _setup(SFTConfig(**config["sft"]), config["plan"])
+    _train(worker)
+    worker.tracker.close()
+
+
+def _setup(cfg: SFTConfig, plan: dict) -> _Worker:
+    """Seeds, the DeepSpeed engine over the base model, the state of a run to continue, the data."""
     import ray.train
     import ray.train.torch
     import torch
 
-    from secondthought.models.lm import load_model
-
-    cfg = SFTConfig(**config["sft"])
-    plan = config["plan"]
-    out, base_dir = Path(plan["out"]), Path(plan["base_dir"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -224,8 +225,28 @@ def train_loop_per_worker(config: dict) -> None:
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed + rank)
+    engine, scheduler, n_params = _engine(cfg, plan, device)
+    _record_nodes(Path(plan["out"]) / WORKERS, rank, world)
+    state = _resume(engine, plan, cfg, rank, world)
+    cut = None if cfg.chains else plan["tgt_id"]
+    eval_rows = list(islice(rows_of_rank(_rows(ray.train.get_dataset_shard("eval"), cut), rank, world),
+                            plan["eval_rows_per_rank"]))
+    train_shard = ray.train.get_dataset_shard("train")
+    tracker = Tracker(cfg, Path(plan["out"]), rank, plan["total_steps"], state.step)
+    peak = cfg.peak_tflops or next((v for k, v in PEAK_TFLOPS.items()
+                                    if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
+    return _Worker(cfg, plan, rank, world, device, engine, scheduler, state, eval_rows, train_shard, tracker,
+                   n_params, peak)
 
-    model = load_model(base_dir, dtype=torch.float32)
+
+def _engine(cfg: SFTConfig, plan: dict, device) -> tuple[object, object, int]:
+    """The DeepSpeed engine, its learning-rate schedule and the model's parameter count."""
+    import deepspeed
+    import torch
+
+    from secondthought.models.lm import load_model
+
+    model = load_model(Path(plan["base_dir"]), dtype=torch.float32)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     n_params = sum(p.numel() for p in model.parameters())
@@ -243,78 +264,91 @@ def train_loop_per_worker(config: dict) -> None:
                                                    config=engine_config(cfg, cfg.micro_batch_size, cfg.grad_accum,
                                                                         cfg.lr, cfg.max_grad_norm, cfg.weight_decay,
                                                                         cfg.offload_optimizer, cfg.offload_params))
-    _record_nodes(out / WORKERS, rank, world)
-    state = TrainState()
-    checkpoint = newest_checkpoint(Path(plan["checkpoints"]), "step", lambda c: _complete(c, world, cfg))
-    if checkpoint:
-        with ray.train.Checkpoint.from_directory(str(checkpoint)).as_directory() as folder:
-            engine.load_checkpoint(folder, tag="engine")
-            state = TrainState(**json.loads(Path(folder, STATE).read_text()))
-            rng_file = Path(folder, f"rng-{rank}.json")
-            if rng_file.is_file():
-                _set_rng_state(json.loads(rng_file.read_text())["state"])
-        if rank == 0:
-            print(f"resumed at step {state.step} (epoch {state.epoch}, micro-batch {state.batches_done})", flush=True)
+    return engine, scheduler, n_params
 
-    pad_id = plan["pad_id"]
-    cut = None if cfg.chains else plan["tgt_id"]
-    eval_rows = list(islice(rows_of_rank(_rows(ray.train.get_dataset_shard("eval"), cut), rank, world),
-                            plan["eval_rows_per_rank"]))
-    train_shard = ray.train.get_dataset_shard("train")
-    tracker = Tracker(cfg, out, rank, total, state.step)
-    peak = cfg.peak_tflops or next((v for k, v in PEAK_TFLOPS.items()
-                                    if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
-    window_started, window_tokens, window_padded, window_loss, window_micro = time.time(), 0, 0, 0.0, 0
+
+def _resume(engine, plan: dict, cfg: SFTConfig, rank: int, world: int) -> TrainState:
+    """The state of the newest complete checkpoint, loaded into the engine (a new state where there is none)."""
+    import ray.train
+
+    checkpoint = newest_checkpoint(Path(plan["checkpoints"]), "step", lambda c: _complete(c, world, cfg))
+    if not checkpoint:
+        return TrainState()
+    with ray.train.Checkpoint.from_directory(str(checkpoint)).as_directory() as folder:
+        engine.load_checkpoint(folder, tag="engine")
+        state = TrainState(**json.loads(Path(folder, STATE).read_text()))
+        rng_file = Path(folder, f"rng-{rank}.json")
+        if rng_file.is_file():
+            _set_rng_state(json.loads(rng_file.read_text())["state"])
+    if rank == 0:
+        print(f"resumed at step {state.step} (epoch {state.epoch}, micro-batch {state.batches_done})", flush=True)
+    return state
+
+
+def _train(w: _Worker) -> None:
+    """The loop: 1. forward, backward, step; 2. at each optimizer step, its metrics; 3. every K steps evaluate,
+    keep the best model and stop early; 4. checkpoint."""
+    cfg, plan, state = w.cfg, w.plan, w.state
+    total = plan["total_steps"]
+    window = _Window()
     stop = state.step >= total or state.stopped_early  # a restart after an early stop only finishes the run
     while not stop and state.epoch < cfg.epochs:
-        batches = bucketed(rows_of_rank(_rows(train_shard, cut), rank, world), cfg.micro_batch_size,
+        batches = bucketed(rows_of_rank(_rows(w.train_shard, w.cut), w.rank, w.world), cfg.micro_batch_size,
                            cfg.bucket_window, cfg.seed, state.epoch, cfg.grad_accum)
         for index, rows in enumerate(islice(batches, plan["micro_batches_per_epoch"])):
             if index < state.batches_done:
                 continue  # done before the restart: same data, same order
-            batch = collate(rows, pad_id, cfg.mask_prompt)
-            loss = engine(**_to_device(batch, device)).loss
-            engine.backward(loss)
-            engine.step()
+            batch = collate(rows, plan["pad_id"], cfg.mask_prompt)                       # 1
+            loss = w.engine(**_to_device(batch, w.device)).loss
+            w.engine.backward(loss)
+            w.engine.step()  # DeepSpeed accumulates, clips and steps the schedule
             state.batches_done += 1
-            window_loss += loss.detach().item()
-            window_micro += 1
-            window_tokens += batch.tokens
-            window_padded += batch.attention_mask.size
+            window.add(loss.detach().item(), batch)
             if state.batches_done % cfg.grad_accum:
                 continue
-            state.step += 1
-            if cfg.fault_injection_step == state.step and rank == min(1, world - 1):
-                inject_fault(out / FAULT_MARKER)
-            loss_sum, micro, tokens, padded = _all_reduce([window_loss, window_micro, window_tokens, window_padded],
-                                                         device)
-            seconds = time.time() - window_started
-            state.tokens_seen += int(tokens)
-            metrics = {"loss": loss_sum / micro, "lr": scheduler.get_last_lr()[0], "epoch": state.epoch,
-                       "tokens_per_s": tokens / seconds, "padding": 1 - tokens / padded}
-            if peak:
-                metrics["mfu"] = 6 * n_params * tokens / seconds / (peak * 1e12 * world)
+            state.step += 1                                                                 # 2
+            if cfg.fault_injection_step == state.step and w.rank == min(1, w.world - 1):
+                inject_fault(w.out / FAULT_MARKER)
+            metrics = _step_metrics(w, window)
             last = state.step >= total
             evaluate = state.step % cfg.eval_every == 0 or last
-            if evaluate:
-                metrics["eval_loss"] = _evaluate(engine, eval_rows, cfg, pad_id, device)
-                state.evals.append([state.step, metrics["eval_loss"]])
-                if metrics["eval_loss"] < state.best_eval:
-                    state.best_eval, state.bad_evals = metrics["eval_loss"], 0
-                    _export(engine, cfg, base_dir, Path(plan["best_dir"]), rank)
-                else:
-                    state.bad_evals += 1
-                state.stopped_early = bool(cfg.patience) and state.bad_evals >= cfg.patience
+            if evaluate:                                                                    # 3
+                _evaluate_and_keep_best(w, metrics)
                 stop = last or state.stopped_early
-            tracker.log(state.step, metrics, show=evaluate or state.step % cfg.log_every == 0)
-            if evaluate:
+            w.tracker.log(state.step, metrics, show=evaluate or state.step % cfg.log_every == 0)
+            if evaluate:                                                                    # 4
                 if stop and state.batches_done == plan["micro_batches_per_epoch"]:
                     state.epoch, state.batches_done = state.epoch + 1, 0
-                _checkpoint(engine, state, {**metrics, "step": state.step}, rank)
-            window_started, window_tokens, window_padded, window_loss, window_micro = time.time(), 0, 0, 0.0, 0
+                _checkpoint(w.engine, state, {**metrics, "step": state.step}, w.rank)
+            window = _Window()
             if stop:
                 break
         else:
             state.epoch += 1
             state.batches_done = 0
-    tracker.close()
+
+
+def _step_metrics(w: _Worker, window: _Window) -> dict:
+    """The optimizer step's loss, learning rate, throughput and padding over every worker (and MFU on a GPU)."""
+    loss_sum, micro, tokens, padded = _all_reduce([window.loss, window.micro, window.tokens, window.padded],
+                                                  w.device)
+    seconds = time.time() - window.started
+    w.state.tokens_seen += int(tokens)
+    metrics = {"loss": loss_sum / micro, "lr": w.scheduler.get_last_lr()[0], "epoch": w.state.epoch,
+               "tokens_per_s": tokens / seconds, "padding": 1 - tokens / padded}
+    if w.peak_tflops:
+        metrics["mfu"] = 6 * w.n_params * tokens / seconds / (w.peak_tflops * 1e12 * w.world)
+    return metrics
+
+
+def _evaluate_and_keep_best(w: _Worker, metrics: dict) -> None:
+    """Eval loss into ``metrics``; a better one exports the model, a worse one counts towards early stopping."""
+    state = w.state
+    metrics["eval_loss"] = _evaluate(w.engine, w.eval_rows, w.cfg, w.plan["pad_id"], w.device)
+    state.evals.append([state.step, metrics["eval_loss"]])
+    if metrics["eval_loss"] < state.best_eval:
+        state.best_eval, state.bad_evals = metrics["eval_loss"], 0
+        _export(w.engine, w.cfg, Path(w.plan["base_dir"]), Path(w.plan["best_dir"]), w.rank)
+    else:
+        state.bad_evals += 1
+    state.stopped_early = bool(w.cfg.patience) and state.bad_evals >= w.cfg.patience

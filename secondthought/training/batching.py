@@ -126,12 +126,3 @@ def micro_batches_per_epoch(n_rows: int, world: int, micro_batch_size: int, grad
     if n_rows < world:
         return 0
     return full * window + batches
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Linear warmup to 1, then cosine decay to ``min_ratio``."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
