@@ -104,7 +104,7 @@ class TokenTable:
         self._utf8: dict[bytes, torch.Tensor] = {}
         self._masks: dict[tuple[str, int, bytes], torch.Tensor] = {}
         self.memo: dict = {}
-        """A grammar's own per-tokenizer tables (constrained_words)."""
+        """A grammar's own per-tokenizer tables (words_grammar)."""
 
     def free_mask(self, kind: str, width: int, partial: bytes = b"") -> torch.Tensor:
         """Regular tokens free text may take next: "any", "spaced" (starts with whitespace), "no_pipe" (after a

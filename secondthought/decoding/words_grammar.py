@@ -1,13 +1,13 @@
-"""Decoding constrained to the source for chains written in words (``edit_words``):
+"""Decoding constrained to the source for chains written in words (``chains.words``):
 
     (" insert " Q_new (" before " A | " after " A | " at the end") | " delete " Q_old [" after " A]
      | " replace " Q_old [" after " A] " with " Q_new) (";" ...)* <|tgt|> target <eos>
 
-Removed text Q_old is some run of the source's units from the cursor on, written exactly as ``edit_words.quoted``
+Removed text Q_old is some run of the source's units from the cursor on, written exactly as ``words.quoted``
 writes it (the row picks where; the state keeps every start that its text still matches), an anchor A is a run
 of source units that ends where such an occurrence starts (``after``) or starts at or after the cursor
 (``before``), and new text is free text in a JSON string. Where an instruction lands is what
-``edit_words.locate`` makes of the text, so every chain decoded here reads back to a chain that applies.
+``words.locate`` makes of the text, so every chain decoded here reads back to a chain that applies.
 
 The same machine as ``tokens_grammar`` (``machine.ChainMachine``: literals, the target, the end), with two items
 of its own: ``_Quoted`` (free text in quotes) and ``_Span`` (quoted text that must be source units). Tokens with a quote or a
@@ -195,7 +195,7 @@ class WordsConstraint(ChainMachine):
 
     # --- the source's units as quoted text -------------------------------------------------------------------
     def rendered(self, j: int) -> bytes:
-        """Units j.. as quoted text (``edit_words.quoted``, without the quotes)."""
+        """Units j.. as quoted text (``words.quoted``, without the quotes)."""
         if j not in self._rendered:
             pieces = [_escaped(shown(self.units[j]))] + [_escaped(u) for u in self.units[j + 1:]]
             self._rendered[j] = b"".join(pieces)

@@ -1,5 +1,5 @@
 """The Ray actors of the RL stage, laid out as in OpenRLHF: rollout workers, a reference, a
-discriminator and a DeepSpeed learner group. The math they run lives in ppo.py and ../inference.py.
+discriminator and a DeepSpeed learner group. The math they run lives in ppo.py and secondthought.decoding.policy.
 
 Rollout workers and the reference hold no state of their own beyond weights the driver can send
 again, so a dead one is restarted by Ray and its call redone. Learners and the discriminator learn;

@@ -1,5 +1,5 @@
 """``secondthought sft``, the driver: fine-tune the LM on prepared chains of edits with Ray Train and
-DeepSpeed (each worker runs ``sft_worker.train_loop_per_worker``).
+DeepSpeed (each worker runs ``sft.worker.train_loop_per_worker``).
 
 Reads ``prepared/data/{train,eval}`` (forward chains only), trains with N workers, and writes to
 ``out/``: ``model/`` (the best checkpoint by eval loss, Hugging Face format, safetensors),
