@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 from secondthought.config import RLConfig, SFTConfig
 
-CPU_ONLY = ("prepare", "eval")
-
 
 @dataclass(frozen=True)
 class Ask:
@@ -44,21 +42,16 @@ def rl_ask(cfg: RLConfig, cluster_cpus: float) -> Ask:
     return Ask("rl", tuple(bundles), cfg.placement_strategy)
 
 
-def asks(command: str, sections: dict, cluster_cpus: float) -> list[Ask]:
-    """Everything ``secondthought COMMAND`` with these config sections asks for, part by part (the parts of
-    the pipeline run one after another, so each must fit on its own)."""
-    cpu = Ask("data and evaluation tasks", ({"CPU": 1.0},))
-    if command in CPU_ONLY:
-        return [cpu]
-    if command == "sft":
-        return [sft_ask(sections["sft"], cluster_cpus)]
-    if command == "rl":
-        return [rl_ask(sections["rl"], cluster_cpus)]
-    if command == "transfer":
-        return [cpu, Ask("transfer fine-tuning", ({"CPU": 1.0},))]
-    if command == "pipeline":
-        return [cpu, sft_ask(sections["sft"], cluster_cpus), rl_ask(sections["rl"], cluster_cpus)]
-    raise ValueError(f"{command} is not a stage that runs on a cluster")
+def asks(sections: dict, cluster_cpus: float) -> list[Ask]:
+    """Everything a command with these config sections asks for, part by part (the parts of the pipeline run one
+    after another, so each must fit on its own): its fine-tuning workers, its RL actors, a worker for few-shot
+    adaptation, and a CPU for its data and evaluation tasks."""
+    parts = [sft_ask(sections["sft"], cluster_cpus)] if "sft" in sections else []
+    parts += [rl_ask(sections["rl"], cluster_cpus)] if "rl" in sections else []
+    parts += [Ask("transfer fine-tuning", ({"CPU": 1.0},))] if "transfer" in sections else []
+    if not parts or "data" in sections or "eval" in sections:
+        parts.insert(0, Ask("data and evaluation tasks", ({"CPU": 1.0},)))
+    return parts
 
 
 def unmet(ask: Ask, nodes: list[dict]) -> str | None:

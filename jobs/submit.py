@@ -198,10 +198,10 @@ def cluster_nodes(dashboard: str) -> list[dict]:
     return [dict(n.resources_total) for n in nodes]
 
 
-def check_resources(name: str, sections: dict, nodes: list[dict]) -> list[str]:
+def check_resources(sections: dict, nodes: list[dict]) -> list[str]:
     """What of the stage cannot be placed on ``nodes``."""
     cpus = sum(n.get("CPU", 0) for n in nodes)
-    return [problem for ask in asks(name, sections, cpus) if (problem := unmet(ask, nodes))]
+    return [problem for ask in asks(sections, cpus) if (problem := unmet(ask, nodes))]
 
 
 def client(dashboard: str):
@@ -267,15 +267,14 @@ def main(args, sections: dict) -> int:
     what, rest = (args.job[0], args.job[1:]) if args.job else ("", [])
     if what in ACTIONS:
         return action(what, rest, address(args.address))
-    job, name, sections, upload = build(args.job, args.runtime_env or RUNTIME_ENV,
-                                               submission_id=args.submission_id, num_cpus=args.entrypoint_num_cpus,
-                                               num_gpus=args.entrypoint_num_gpus)
+    job, _, sections, upload = build(args.job, args.runtime_env or RUNTIME_ENV, submission_id=args.submission_id,
+                                     num_cpus=args.entrypoint_num_cpus, num_gpus=args.entrypoint_num_gpus)
     if args.dry_run:
         console.say(describe(job, upload))
         return 0
     dashboard = address(args.address)
     if not args.skip_resource_check:
-        problems = check_resources(name, sections, cluster_nodes(dashboard))
+        problems = check_resources(sections, cluster_nodes(dashboard))
         if problems:
             raise ConfigError("the job would wait forever for resources no node has:\n  " + "\n  ".join(problems)
                               + "\n(on a cluster that starts such nodes on demand, pass --skip-resource-check)")

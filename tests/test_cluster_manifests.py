@@ -151,16 +151,16 @@ def test_job_configs_parse_and_fit_the_cluster_the_manifests_provide(config):
     assert sections["ray"].address == "auto"  # a job joins the cluster it is sent to
     for nodes in (kuberay_nodes(load("raycluster.yaml")["spec"]), launcher_nodes(load("launcher-aws.yaml"))):
         cpus = sum(n.get("CPU", 0) for n in nodes)
-        assert [unmet(ask, nodes) for ask in asks(name, sections, cpus)] == [None] * len(asks(name, sections, cpus))
+        assert [unmet(ask, nodes) for ask in asks(sections, cpus)] == [None] * len(asks(sections, cpus))
 
 
 def test_the_fit_check_refuses_what_the_cluster_cannot_hold():
     nodes = kuberay_nodes(load("raycluster.yaml")["spec"])
     _, _, sections = parse_stage(["sft", "--config", str(ROOT / "jobs" / "sft-7b-zero3.yaml"),
                                   "--sft.num_workers", "17", *STAGE_ARGS["sft"]])
-    problem = unmet(asks("sft", sections, 512)[0], nodes)
+    problem = unmet(asks(sections, 512)[0], nodes)
     assert problem and "sft: 17 x {CPU: 8, GPU: 1} (PACK) cannot be placed" in problem
     _, _, sections = parse_stage(["rl", "--config", str(ROOT / "jobs" / "rl.yaml"), "--rl.placement_strategy",
                                   "STRICT_SPREAD", "--rl.rollout_workers", "3", "--rl.learner_workers", "3",
                                   "--rl.minibatch_size", "24", "--rl.prompts_per_iteration", "48", *STAGE_ARGS["rl"]])
-    assert "cannot be placed" in unmet(asks("rl", sections, 512)[0], nodes)  # 3 GPU bundles, 2 GPU nodes
+    assert "cannot be placed" in unmet(asks(sections, 512)[0], nodes)  # 3 GPU bundles, 2 GPU nodes
