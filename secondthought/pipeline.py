@@ -72,7 +72,7 @@ def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: R
         "seconds": round(time.time() - started, 1),
         "rows": {k: stages["prepare"][k] for k in ("rows_in", "rows_out", "rows_quarantined", "chains_out")},
         "sft_model": stages["sft"]["model"],
-        "edit_format": PreparedDir(out / "prepared").edit_format,
+        "edit_format": prepared.edit_format,
         "best_eval_loss": stages["sft"]["best_eval_loss"],
         "model": stages["rl"]["model"],
         "rl_score": [stages["rl"]["first_score"], stages["rl"]["last_score"]],
