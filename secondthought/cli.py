@@ -152,7 +152,10 @@ COMMANDS = {
          ("--host", dict(default=None, help="address to listen on (default: the config's, 127.0.0.1); a wider "
                                            "one (another interface, or all of them) only if you ask for it here")),
          ("--port", dict(type=int, default=None, help="port (default: the config's, 8000)")),
-         ("--app-config", dict(default=None, help="Serve config file (default: serve/config.yaml)"))),
+         ("--app-config", dict(default=None, help="Serve config file (default: serve/config.yaml)")),
+         ("--api-key", dict(default=None, help="require this key (Authorization: Bearer KEY) on every route but the "
+                                              "page and /healthz (default: the config's args.api_key, else the "
+                                              "environment variable SECONDTHOUGHT_API_KEY, else none)"))),
         "serve.deploy:main"),
     "submit": Command(
         "send a stage or the pipeline to a Ray cluster as a job; status, logs, stop, list",

@@ -10,6 +10,9 @@ Routes: ``/`` (the correction page), ``/healthz``, ``/v1/realign``, ``/v1/edits/
 
 import asyncio
 import json
+import os
+import re
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +27,7 @@ from ray.serve.handle import DeploymentHandle
 
 from secondthought.config import ConfigError, ServeConfig
 from secondthought.runs import model_folder, read_model_info
+from secondthought.serving.guard import Guard, Limits
 from secondthought.serving.handlers import (
     ApiError,
     CompletionJob,
@@ -59,6 +63,7 @@ class Realigner:
         cfg = ServeConfig(**args)
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         self.replica = Replica(cfg, name=name, cpus=cpus)
+        self.cfg, self.streams = cfg, threading.BoundedSemaphore(cfg.max_streams)
         for method in (self._realign, self._complete):
             method.set_max_batch_size(cfg.max_batch_size)
             method.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
@@ -78,7 +83,13 @@ class Realigner:
         return _raised(await self._complete(job))
 
     def stream(self, job: CompletionJob):
-        yield from self.replica.stream(job)
+        if not self.streams.acquire(blocking=False):
+            raise ApiError("stream", f"this replica is decoding {self.cfg.max_streams} streams already: retry shortly",
+                           status=503)
+        try:
+            yield from self.replica.stream(job)
+        finally:
+            self.streams.release()
 
     def check_health(self) -> None:
         self.replica.healthy()
@@ -92,6 +103,8 @@ def _raised(result):
 
 api = FastAPI(title="SecondThought", description="Realign text by chains of edits: the model writes the edits, "
               "you see, correct and apply them.", version="0.1.0")
+LIMITS = Limits()
+api.add_middleware(Guard, limits=LIMITS)
 
 
 @api.exception_handler(ApiError)
@@ -111,7 +124,8 @@ async def _busy(request: Request, e: BackPressureError) -> JSONResponse:
 @api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
     first = e.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+    # a field's path, less pydantic's names for the branches of a union (``function-after[...]``, ``list[...]``)
+    where = ".".join(str(p) for p in first["loc"] if p != "body" and re.fullmatch(r"\w+", str(p))) or "body"
     return JSONResponse(ApiError(where, first["msg"]).body(), status_code=422)
 
 
@@ -122,6 +136,8 @@ class Api:
 
     def __init__(self, model: DeploymentHandle, args: dict, name: str):
         self.model, self.cfg, self.name = model, ServeConfig(**args), name
+        LIMITS.max_body_bytes = self.cfg.max_body_bytes  # one ingress per process: its middleware reads these
+        LIMITS.api_key = self.cfg.api_key or os.environ.get("SECONDTHOUGHT_API_KEY", "")
         self.info = read_model_info(self.cfg.model)
         self.created = int(time.time())
 
@@ -171,8 +187,11 @@ class Api:
         try:
             async for text, reason in self.model.options(stream=True).stream.remote(job):
                 yield f"data: {json.dumps(stream_chunk(cid, created, self.name, text, reason))}\n\n"
-        except ApiError as e:  # headers are sent: the error goes in the stream, as OpenAI does
-            yield f"data: {json.dumps(getattr(e, 'cause', e).body())}\n\n"
+        except Exception as e:  # headers are sent: the error goes in the stream, as OpenAI does, then [DONE]
+            error = getattr(e, "cause", e)
+            if not isinstance(error, ApiError):
+                error = ApiError("request", f"the server failed on this stream ({type(error).__name__})", status=500)
+            yield f"data: {json.dumps(error.body())}\n\n"
         yield "data: [DONE]\n\n"
 
 

@@ -69,8 +69,8 @@ def check_config(raw: dict, source: str = "serve config"):
 
 
 def load_config(path: str | Path | None = None, model: str | None = None, host: str | None = None,
-                port: int | None = None) -> dict:
-    """The config file with the model folder and the HTTP address filled in, checked."""
+                port: int | None = None, api_key: str | None = None) -> dict:
+    """The config file with the model folder, the HTTP address and the API key filled in, checked."""
     path = Path(path) if path else CONFIG
     if not path.is_file():
         raise ConfigError(f"--app-config {path} does not exist")
@@ -78,6 +78,9 @@ def load_config(path: str | Path | None = None, model: str | None = None, host: 
     if model is not None:
         for app in raw.get("applications") or []:
             app.setdefault("args", {})["model"] = str(Path(model).expanduser().resolve())
+    if api_key is not None:
+        for app in raw.get("applications") or []:
+            app.setdefault("args", {})["api_key"] = api_key
     http = raw.setdefault("http_options", {})
     if host is not None:
         http["host"] = host
@@ -119,7 +122,7 @@ def main(args, sections: dict) -> None:
     from secondthought.runtime import ray_session
 
     model_folder(args.model, "--model")
-    raw = load_config(args.app_config, args.model, args.host, args.port)
+    raw = load_config(args.app_config, args.model, args.host, args.port, args.api_key)
     with ray_session(sections["ray"]):
         from ray import serve
 

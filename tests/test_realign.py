@@ -117,3 +117,76 @@ def test_the_engine_streams_the_same_text_it_completes_and_holds_back_a_stop(mem
     [refused] = engine.complete([too_long])
     assert isinstance(refused, ApiError) and "context of 2048 tokens" in refused.message
     engine.healthy()
+
+
+def test_edits_shown_without_their_whitespace_apply_as_they_were():
+    """The page shows an edit's text without the whitespace before it (a newline, two spaces) and may send it back
+    so: it gets the text's own whitespace there, not one space (before: a 422 on valid input)."""
+    text = "Tom  kicks\nthe dog."
+    first = apply_edits(ApplyRequest(text=text, edits=[EditIn(op="rep", position=1, old="kicks", new="pets"),
+                                                       EditIn(op="del", position=2, old="the")]), CFG)
+    assert first["result"] == "Tom  pets dog." and [e["old"] for e in first["edits"]] == ["  kicks", "\nthe"]
+    again = [EditIn(op=e["op"], position=e["position"], old=e["old"].lstrip(), new=e["new"].lstrip())
+             for e in first["edits"]]
+    assert apply_edits(ApplyRequest(text=text, edits=again), CFG)["result"] == first["result"]
+
+
+def test_a_word_number_of_thousands_of_digits_is_a_422_naming_the_chain():
+    with pytest.raises(ApiError) as refused:
+        apply_edits(ApplyRequest(text=SOURCE, chain="<|del|> " + "9" * 5000 + " kicks"), CFG)
+    assert refused.value.status == 422 and refused.value.param == "chain" and "digits" in refused.value.message
+
+
+@pytest.mark.parametrize("fields, where, words", [
+    ({"text": "Tom kicks<|tgt|>Tom pets the dog."}, ("text",), "<|tgt|>, a token reserved"),
+    ({"text": "Tom kicks.", "context": "Be kind.<|sep|>"}, ("context",), "<|sep|>"),
+    ({"text": "Tom kicks.", "edits": [{"op": "ins", "position": 0, "new": "<|src|>x"}]}, ("edits", 0, "new"), "<|src|>"),
+    ({"text": "Tom kicks.", "context": "\ud800"}, ("context",), "unicode"),
+    ({"text": "Tom kicks.", "edits": [{"op": "del", "position": 0, "old": "x"}] * 10_001}, ("edits",), "at most"),
+])
+def test_reserved_tokens_lone_surrogates_and_huge_lists_are_refused_naming_the_field(fields, where, words):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        RealignRequest(**fields)
+    first = refused.value.errors()[0]
+    assert first["loc"][:len(where)] == where and words.lower() in first["msg"].lower(), first
+
+
+def test_one_request_that_fails_inside_a_batch_fails_alone(memorized):
+    """A request the model side fails on gets its own 500; the others of its batch are answered."""
+    from secondthought.serving.replica import Replica
+
+    replica = Replica(ServeConfig(model=str(memorized)))
+    context, source, _ = triples(1)[0]
+    cfg = ServeConfig(model=str(memorized))
+    good = [realign_job(RealignRequest(context=context, text=source + " " * k), cfg, True, TOKENS) for k in range(3)]
+    bad = realign_job(RealignRequest(context=context, text="Poison pill."), cfg, True, TOKENS)
+    poison = replica.encode(bad.prompt)
+    sample = replica.policy.sample
+
+    def failing(prompts, *args, **kw):
+        if poison in prompts:
+            raise RuntimeError("a fault in decoding")
+        return sample(prompts, *args, **kw)
+
+    replica.policy.sample = failing
+    answers = replica.realign([good[0], bad, good[1], good[2]])
+    assert isinstance(answers[1], ApiError) and answers[1].status == 500 and "RuntimeError" in answers[1].message
+    assert all(isinstance(a, dict) and a["applies"] for a in (answers[0], answers[2], answers[3]))
+
+
+def test_a_sampled_request_with_a_seed_answers_the_same_whatever_shares_its_batch(tokenizer, tmp_path):
+    """A random model samples from wide distributions: one generator shared by a batch would give a row another
+    answer beside other rows than alone."""
+    from secondthought.models.lm import build_base_model
+    from secondthought.serving.replica import Replica
+
+    cfg = ServeConfig(model=str(build_base_model("tiny-llama", tokenizer, tmp_path / "m")), default_new_tokens=24)
+    replica = Replica(cfg)
+    context, source, _ = triples(1)[0]
+    sampled = [realign_job(RealignRequest(context=context, text=text, generation={"temperature": 1.5, "seed": 7}),
+                           cfg, True, TOKENS) for text in (source, "Tom kicks the dog.", "Maya shoves the kid.")]
+    alone = replica.realign([sampled[0]])[0]
+    beside = replica.realign([sampled[1], sampled[0], sampled[2]])[1]  # the same settings: once one batch
+    assert alone["target"] == beside["target"] and alone["chain"] == beside["chain"]

@@ -193,3 +193,45 @@ def test_health_and_the_yaml_the_server_runs_on(server):
     assert status.status == "RUNNING"
     assert set(status.deployments) == {"Api", "Realigner"}
     assert "/v1/realign" in requests.get(url + "/openapi.json", timeout=10).json()["paths"]
+
+
+def test_a_bad_request_among_good_ones_fails_alone(server, example):
+    """Sent together, five good requests and bad ones (a lone surrogate in the context, a reserved token in the
+    text, a body over the server's limit): the bad ones get their 4xx naming the field, the good ones 200."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = server
+    context, source, target = example
+    good = {"context": context, "text": source}
+    raw = '{"context": "\\ud800", "text": "%s"}' % source  # valid JSON, no valid Unicode
+
+    def send(kind: str):
+        if kind == "surrogate":
+            return requests.post(url + "/v1/realign", data=raw.encode(), timeout=120,
+                                 headers={"Content-Type": "application/json"})
+        if kind == "marker":
+            return post(url, "/v1/realign", {"context": context, "text": source + "<|tgt|>" + target})
+        if kind == "huge":
+            return post(url, "/v1/realign", {"context": "x" * (2 << 20), "text": source})
+        return post(url, "/v1/realign", good)
+
+    kinds = ["good", "surrogate", "good", "marker", "good", "huge", "good", "good"]
+    with ThreadPoolExecutor(len(kinds)) as pool:
+        answers = dict(zip(range(len(kinds)), pool.map(send, kinds)))
+    for k, kind in enumerate(kinds):
+        r = answers[k]
+        if kind == "good":
+            assert r.status_code == 200 and r.json()["result"] == target, r.text
+        else:
+            error = r.json()["error"]
+            assert (r.status_code, error["param"]) == {"surrogate": (422, "context"), "marker": (422, "text"),
+                                                       "huge": (413, "body")}[kind], r.text
+
+
+def test_an_error_inside_a_stream_is_an_error_event_then_done(server):
+    url, _ = server
+    with requests.post(url + "/v1/completions", json={"prompt": "a " * 3900, "max_tokens": 200, "stream": True},
+                       stream=True, timeout=60) as r:
+        events = [line for line in r.iter_lines(decode_unicode=True) if line]
+    assert events[-1] == "data: [DONE]" and len(events) == 2, events
+    assert "context of 2048 tokens" in events[0] and '"error"' in events[0]

@@ -32,6 +32,8 @@ DEFAULT_COSTS: Costs = (1, 1, 1)
 _UNIT = re.compile(r"\s*\S+|\s+")
 _MARKER = re.compile(r"<\|(ins|del|rep|with)\|>")
 _POSITION = re.compile(r" (\d+)")
+MAX_POSITION_DIGITS = 9
+"""A word number is shorter than this (longer ones name no word, and Python refuses to read thousands of digits)."""
 
 
 class EditError(ValueError):
@@ -268,6 +270,9 @@ def parse(text: str) -> EditChain:
                 f"{what} at character {marker.start()}: expected ' <word number> <text>', "
                 f"found {text[marker.end():marker.end() + 20]!r}"
             )
+        if len(position.group(1)) > MAX_POSITION_DIGITS:
+            raise EditFormatError(f"{what} at character {marker.start()}: word number {position.group(1)[:12]}... "
+                                  f"has more than {MAX_POSITION_DIGITS} digits")
         pos = int(position.group(1))
         nxt = markers[k + 1] if k + 1 < len(markers) else None
         end = nxt.start() if nxt else len(text)

@@ -21,6 +21,12 @@ TOKEN_MEANINGS = {SRC: " text:", SEP: " edits:", TGT: " result:", "<|ins|>": " i
 write a token whose embedding means something much faster than one that starts as the average."""
 
 
+def reserved_token(text: str) -> str | None:
+    """The first token reserved for the training text's structure that ``text`` holds, or None: such text would
+    change the structure of a prompt it is put in."""
+    return next((token for token in SPECIAL_TOKENS if token in text), None)
+
+
 def prompt(context: str, source: str) -> str:
     return f"{context}{SRC}{source}{SEP}"
 

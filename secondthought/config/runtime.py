@@ -60,13 +60,22 @@ class ServeConfig:
     """Tokens written when a request does not say."""
     max_edits: int = 200
     """Most edits /v1/edits/apply and a corrected prefix may send."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body (bytes): a larger one gets a 413 before it is read whole."""
+    max_streams: int = 4
+    """Streamed completions one model replica decodes at once (each in its own thread); more get a 503."""
+    api_key: str = ""
+    """If set, every route but the page and /healthz needs ``Authorization: Bearer KEY`` (empty: the environment
+    variable SECONDTHOUGHT_API_KEY of the ingress replica, else no key). Prefer the variable on a cluster: the
+    config's args are visible in Ray's dashboard."""
 
     def __post_init__(self) -> None:
         check_choice("serve.device", self.device, ("auto", "cpu", "cuda"))
         check_choice("serve.dtype", self.dtype, ("auto", "bf16", "fp32"))
         check_choice("serve.decoding", self.decoding, ("constrained", "free"))
         check_ranges("serve", self, **dict.fromkeys(("max_batch_size", "max_text_chars", "max_prompt_chars",
-                                                     "max_new_tokens", "default_new_tokens", "max_edits"), "[1, inf)"))
+                                                     "max_new_tokens", "default_new_tokens", "max_edits",
+                                                     "max_body_bytes", "max_streams"), "[1, inf)"))
         check_ranges("serve", self, threads="[0, inf)", batch_wait_timeout_s="[0, inf)")
         if self.default_new_tokens > self.max_new_tokens:
             raise ConfigError(f"serve.default_new_tokens ({self.default_new_tokens}) exceeds serve.max_new_tokens "

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from secondthought.chains.text import SPECIAL_TOKENS
+from secondthought.chains.text import reserved_token
 from secondthought.data.records import RawRecord
 
 _SPLIT_NAMES = {"train": "train", "dev": "eval", "val": "eval", "valid": "eval", "validation": "eval",
@@ -104,9 +104,8 @@ def problem(triple: Triple, max_chars: int) -> str | None:
             return f"empty {name}"
         if len(text) > max_chars:
             return f"{name} too long ({len(text)} characters > max_chars {max_chars})"
-        for token in SPECIAL_TOKENS:
-            if token in text:
-                return f"{name} contains the reserved token {token}"
+        if token := reserved_token(text):
+            return f"{name} contains the reserved token {token}"
     if triple.source == triple.target:
         return "source and target are identical: nothing to edit"
     return None

@@ -20,6 +20,7 @@ from secondthought.chains.edits import (
     describe,
     parse,
     serialize,
+    split_units,
 )
 from secondthought.chains.formats import EditFormat
 from secondthought.chains.text import check_completion, prompt, split_completion
@@ -81,12 +82,22 @@ def check_length(value: str, limit: int, param: str) -> None:
         raise ApiError(param, f"{len(value)} characters, more than the {limit} this server accepts")
 
 
-def _unit(text: str) -> str:
-    """A word or words as edit content: with the whitespace before the first word (a client may leave it out)."""
-    return text if not text or text[:1].isspace() else " " + text
+def _unit(content: str, lead: str = " ") -> str:
+    """A word or words as edit content, with the whitespace before the first word: as given, else ``lead`` (a
+    client may leave it out)."""
+    return content if not content or content[:1].isspace() else lead + content
 
 
-def to_chain(edits: Sequence[EditIn], param: str = "edits") -> EditChain:
+def _lead(units: list[str], position: int) -> str:
+    """The whitespace before the text's word at ``position`` (one space past its end)."""
+    unit = units[position] if 0 <= position < len(units) else " "
+    return unit[: len(unit) - len(unit.lstrip())] or " "
+
+
+def to_chain(edits: Sequence[EditIn], text: str, param: str = "edits") -> EditChain:
+    """The chain the edits make; an old or new text given without the whitespace before it gets the text's own
+    there (a newline, two spaces), so that an edit shown without it applies as it was."""
+    units = split_units(text)
     out = []
     for k, e in enumerate(edits):
         where = f"{param}[{k}]"
@@ -98,7 +109,8 @@ def to_chain(edits: Sequence[EditIn], param: str = "edits") -> EditChain:
             raise ApiError(f"{where}.old", "an insert removes nothing: leave old empty")
         if e.op == "del" and e.new:
             raise ApiError(f"{where}.new", "a delete writes nothing: leave new empty")
-        out.append(Edit(e.op, e.position, _unit(e.old), _unit(e.new)))
+        lead = _lead(units, e.position) if e.op != "ins" else " "
+        out.append(Edit(e.op, e.position, _unit(e.old, lead), _unit(e.new, lead)))
     chain = EditChain(tuple(out))
     try:
         serialize(chain)  # refuses content holding a reserved edit marker
@@ -107,8 +119,8 @@ def to_chain(edits: Sequence[EditIn], param: str = "edits") -> EditChain:
     return chain
 
 
-def chain_of(edits: Optional[Sequence[EditIn]], chain: Optional[str], cfg: ServeConfig) -> EditChain:
-    """The chain a request gives, as structured edits or serialized; empty when it gives neither."""
+def chain_of(edits: Optional[Sequence[EditIn]], chain: Optional[str], text: str, cfg: ServeConfig) -> EditChain:
+    """The chain a request gives for ``text``, as structured edits or serialized; empty when it gives neither."""
     if chain is not None:
         check_length(chain, cfg.max_prompt_chars, "chain")
         try:
@@ -116,7 +128,9 @@ def chain_of(edits: Optional[Sequence[EditIn]], chain: Optional[str], cfg: Serve
         except EditError as e:
             raise ApiError("chain", str(e)) from None
     else:
-        parsed = to_chain(edits or [])
+        if edits and len(edits) > cfg.max_edits:  # counted before anything is built
+            raise ApiError("edits", f"{len(edits)} edits, more than the {cfg.max_edits} this server accepts")
+        parsed = to_chain(edits or [], text)
     if len(parsed) > cfg.max_edits:
         raise ApiError("edits" if chain is None else "chain",
                        f"{len(parsed)} edits, more than the {cfg.max_edits} this server accepts")
@@ -137,7 +151,7 @@ def views(chain: EditChain) -> list[dict]:
 def apply_edits(req: ApplyRequest, cfg: ServeConfig) -> dict:
     """``POST /v1/edits/apply``: the text with the edits applied; an edit that does not fit names what is there."""
     check_length(req.text, cfg.max_text_chars, "text")
-    chain = chain_of(req.edits, req.chain, cfg)
+    chain = chain_of(req.edits, req.chain, req.text, cfg)
     result = applied(chain, req.text, "edits" if req.chain is None else "chain")
     return dict(result=result, edits=views(chain), chain=serialize(chain), explanation=decipher(chain))
 
@@ -154,7 +168,7 @@ def realign_job(req: RealignRequest, cfg: ServeConfig, writes_chains: bool, fmt:
     edits are structured or serialized (edit tokens) whatever the model's format; the prompt gets them in it."""
     check_length(req.text, cfg.max_text_chars, "text")
     check_length(req.context, cfg.max_text_chars, "context")
-    prefix = chain_of(req.edits, req.chain, cfg)
+    prefix = chain_of(req.edits, req.chain, req.text, cfg)
     if prefix.edits and not writes_chains:
         raise ApiError("edits" if req.chain is None else "chain",
                        "this model writes targets only (no chains of edits): it cannot continue a chain")

@@ -37,6 +37,21 @@ def _params(s: Sampling, batch_size: int = 1) -> SamplingParams:
                           batch_size=batch_size)
 
 
+def _ours(e: Exception) -> ApiError:
+    """An error of the server's own while answering one request: a 500 for that request alone."""
+    return ApiError("request", f"the server failed on this request ({type(e).__name__}: {e})", status=500)
+
+
+def _failed(work: Callable, *args) -> object:
+    """``work(*args)``, or the ApiError it raised (any other error as the server's own)."""
+    try:
+        return work(*args)
+    except ApiError as e:
+        return e
+    except Exception as e:
+        return _ours(e)
+
+
 class Replica:
     def __init__(self, cfg: ServeConfig, name: str = "secondthought", cpus: float = 1):
         folder = model_folder(cfg.model, "serve.model")
@@ -71,35 +86,46 @@ class Replica:
             raise ApiError("edits", f"constrained decoding cannot continue these edits: {e}") from None
 
     def _decode(self, prompts: Sequence[list[int]], jobs: Sequence[Job],
-                constraints: Sequence[Optional[ChainMachine]]) -> list[list[int]]:
-        """Each job's completion token ids; jobs with equal sampling settings (and all constrained or all free)
-        are decoded together."""
-        groups: dict[tuple[Sampling, bool], list[int]] = defaultdict(list)
+                constraints: Sequence[Optional[ChainMachine]]) -> list[Union[list[int], ApiError]]:
+        """Each job's completion token ids, or the error it alone met. Greedy jobs with equal settings (and all
+        constrained or all free) are decoded together; a sampled job alone, so that its seed gives the same answer
+        whatever else came in its batch. A group that fails is decoded again job by job: one bad job fails alone."""
+        groups: dict[tuple, list[int]] = defaultdict(list)
         for k, job in enumerate(jobs):
-            groups[job.sampling, constraints[k] is not None].append(k)
-        out: list[list[int]] = [[] for _ in jobs]
-        for (s, constrained), members in groups.items():
-            completions = self.policy.sample([prompts[k] for k in members], _params(s, len(members)), seed=s.seed,
-                                             constraints=[constraints[k] for k in members] if constrained else None)
-            for k, ids in zip(members, completions):
-                out[k] = ids
+            groups[job.sampling, constraints[k] is not None, k if job.sampling.temperature > 0 else -1].append(k)
+        out: list = [None] * len(jobs)
+        for (s, constrained, _), members in groups.items():
+            batch = ([prompts[k] for k in members], s, [constraints[k] for k in members] if constrained else None)
+            try:
+                for k, ids in zip(members, self._sample(*batch)):
+                    out[k] = ids
+            except Exception as e:
+                if len(members) == 1:
+                    out[members[0]] = _ours(e)
+                    continue
+                for k in members:
+                    alone = ([prompts[k]], s, [constraints[k]] if constrained else None)
+                    out[k] = _failed(lambda *a: self._sample(*a)[0], *alone)
         return out
 
+    def _sample(self, prompts: list[list[int]], s: Sampling, constraints: Optional[list[ChainMachine]]
+                ) -> list[list[int]]:
+        return self.policy.sample(prompts, _params(s, len(prompts)), seed=s.seed, constraints=constraints)
+
     def _run(self, jobs: Sequence[Job], answer: Callable[[Job, list[int], list[int]], object]) -> list:
-        """``answer(job, prompt ids, completion ids)`` for each job that fits the model, decoded in one batch; an
-        ApiError in place of each job that does not."""
+        """``answer(job, prompt ids, completion ids)`` for each job, decoded in one batch; an ApiError in place of
+        each job that does not fit the model or fails on its own (no job fails another)."""
         results: list = []
         constraints: dict[int, Optional[ChainMachine]] = {}
         for k, job in enumerate(jobs):
-            try:
-                ids = self._ids(job)
-                constraints[k] = self._constraint(job)
-                results.append(ids)
-            except ApiError as e:
-                results.append(e)
+            results.append(_failed(self._ids, job))
+            constraints[k] = None if isinstance(results[k], ApiError) else _failed(self._constraint, job)
+            if isinstance(constraints[k], ApiError):
+                results[k], constraints[k] = constraints[k], None
         ok = [k for k, r in enumerate(results) if not isinstance(r, ApiError)]
-        for k, ids in zip(ok, self._decode([results[k] for k in ok], [jobs[k] for k in ok], [constraints[k] for k in ok])):
-            results[k] = answer(jobs[k], results[k], ids)
+        decoded = self._decode([results[k] for k in ok], [jobs[k] for k in ok], [constraints[k] for k in ok])
+        for k, ids in zip(ok, decoded):
+            results[k] = ids if isinstance(ids, ApiError) else _failed(answer, jobs[k], results[k], ids)
         return results
 
     def realign(self, jobs: Sequence[RealignJob]) -> list[Union[dict, ApiError]]:

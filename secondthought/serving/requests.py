@@ -8,9 +8,38 @@ shapes (``/v1/completions``, ``/v1/models``) follow OpenAI's API so that its Pyt
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from secondthought.chains.text import reserved_token
+
+MAX_FIELD_CHARS = 100_000
+"""No text field is longer than this whatever the config says (the config's bounds are checked after parsing)."""
+MAX_EDITS = 10_000
+"""Nor a list of edits longer (the config's max_edits is checked after)."""
+
+
+def _unicode(value: str) -> str:
+    """Text that can be encoded: JSON lets a lone surrogate (\\ud800) through, which no tokenizer or answer takes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode: a lone surrogate at character {e.start}") from None
+    return value
+
+
+def _plain(value: str) -> str:
+    """Text that goes into the model's prompt: valid Unicode, and none of the tokens that give the prompt its
+    structure (a <|tgt|> in a text would end the text there and make the rest the model's answer)."""
+    if token := reserved_token(_unicode(value)):
+        raise ValueError(f"holds {token}, a token reserved for the model's prompt")
+    return value
+
+
+Unicode = Annotated[str, Field(max_length=MAX_FIELD_CHARS), AfterValidator(_unicode)]
+Plain = Annotated[str, Field(max_length=MAX_FIELD_CHARS), AfterValidator(_plain)]
+Stop = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_unicode)]
 
 
 class _Strict(BaseModel):
@@ -21,10 +50,10 @@ class EditIn(_Strict):
     """One edit as a client sends it. ``old`` and ``new`` may be given with or without the space before a word."""
 
     op: Literal["ins", "del", "rep"]
-    position: int = Field(ge=0, description="0-based index of the source word the edit acts at")
-    old: str = Field("", description="the source text it deletes or replaces (empty for an insert)")
-    new: str = Field("", description="the text it writes (empty for a delete)")
-    line: Optional[str] = Field(None, description="ignored: an edit from a response can be sent back as it is")
+    position: int = Field(ge=0, lt=10**9, description="0-based index of the source word the edit acts at")
+    old: Plain = Field("", description="the source text it deletes or replaces (empty for an insert)")
+    new: Plain = Field("", description="the text it writes (empty for a delete)")
+    line: Optional[Unicode] = Field(None, description="ignored: an edit from a response can be sent back as it is")
 
 
 class EditOut(BaseModel):
@@ -56,11 +85,12 @@ class Generation(_Strict):
 
 
 class RealignRequest(_Strict):
-    context: str = Field("", description="the situation, norm or intention the text is judged in")
-    text: str = Field(min_length=1, description="the text to realign")
-    edits: Optional[list[EditIn]] = Field(None, description="a corrected first part of the chain: the model writes "
-                                                             "the rest after it (interactive correction)")
-    chain: Optional[str] = Field(None, description="the same prefix, serialized")
+    context: Plain = Field("", description="the situation, norm or intention the text is judged in")
+    text: Plain = Field(min_length=1, description="the text to realign")
+    edits: Optional[list[EditIn]] = Field(None, max_length=MAX_EDITS,
+                                          description="a corrected first part of the chain: the model writes the rest "
+                                                      "after it (interactive correction)")
+    chain: Optional[Unicode] = Field(None, description="the same prefix, serialized")
     generation: Generation = Field(default_factory=Generation)
 
     @model_validator(mode="after")
@@ -98,9 +128,9 @@ class RealignResponse(BaseModel):
 
 
 class ApplyRequest(_Strict):
-    text: str
-    edits: Optional[list[EditIn]] = None
-    chain: Optional[str] = None
+    text: Plain
+    edits: Optional[list[EditIn]] = Field(None, max_length=MAX_EDITS)
+    chain: Optional[Unicode] = None
 
     @model_validator(mode="after")
     def _edits(self):
@@ -117,16 +147,16 @@ class ApplyResponse(BaseModel):
 class CompletionRequest(_Strict):
     """OpenAI's completion request, the fields this server implements."""
 
-    model: Optional[str] = None
-    prompt: Union[str, list[str]]
+    model: Optional[Unicode] = None
+    prompt: Union[Unicode, list[Unicode]]
     max_tokens: int = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=1, description="one completion per prompt")
     stream: bool = False
-    stop: Union[str, list[str], None] = None
+    stop: Union[Stop, list[Stop], None] = None
     seed: Optional[int] = Field(None, ge=0, le=2**31 - 1)
-    user: Optional[str] = None
+    user: Optional[Unicode] = None
 
     @model_validator(mode="after")
     def _prompts(self):
