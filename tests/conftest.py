@@ -54,3 +54,17 @@ def memorized_words(tokenizer, tmp_path_factory):
     from tests.memorized import memorized_model
 
     return memorized_model(tokenizer, tmp_path_factory.mktemp("memorized-words") / "model", edit_format="words")
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, memorized):
+    """The shipped Serve application on the memorized model, on a free loopback port: (url, its config)."""
+    from ray import serve
+
+    from serve.deploy import deploy
+    from tests.serving import config_for, free_port
+
+    raw = config_for(memorized, free_port())
+    url = deploy(raw)
+    yield url, raw
+    serve.shutdown()

@@ -10,23 +10,11 @@ import pytest
 import requests
 
 from tests.memorized import CORRECTION, triples
-from tests.serving import config_for, free_port, post
+from tests.serving import post
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / ".artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture(scope="module")
-def server(ray_local, memorized):
-    from ray import serve
-
-    from serve.deploy import deploy
-
-    raw = config_for(memorized, free_port())
-    url = deploy(raw)
-    yield url, raw
-    serve.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +205,7 @@ def test_a_bad_request_among_good_ones_fails_alone(server, example):
 
     kinds = ["good", "surrogate", "good", "marker", "good", "huge", "good", "good"]
     with ThreadPoolExecutor(len(kinds)) as pool:
-        answers = dict(zip(range(len(kinds)), pool.map(send, kinds)))
+        answers = list(pool.map(send, kinds))
     for k, kind in enumerate(kinds):
         r = answers[k]
         if kind == "good":
