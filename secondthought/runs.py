@@ -13,7 +13,9 @@ Stages meet only here: none imports another. No Ray; pyarrow for the Parquet rea
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Optional
@@ -59,15 +61,29 @@ def claim(out: str | Path, kind: str, replace: bool = False, flag: str = "--out"
                               "empty folder (nothing in it was touched)")
         if found not in (None, kind):
             raise ConfigError(f"{flag} {path} holds a {found} folder, not a {kind} one: choose another folder")
+        if replace and found is None:  # a done file alone does not make a folder ours to empty: it may be the user's
+            raise ConfigError(f"{flag} {path} has a {done_file} but no {MARKER} marker, so it may not be ours: it is "
+                              "not emptied; choose a new or empty folder (nothing in it was touched)")
         if replace:
             shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
-    (path / MARKER).write_text(json.dumps({"kind": kind}) + "\n")
+    write_json(path / MARKER, {"kind": kind})
     return path
 
 
-def write_json(path: Path, value: dict) -> None:
-    path.write_text(json.dumps(value, indent=2) + "\n")
+def write_json(path: Path, value, indent: int | None = 2) -> None:
+    """Written whole or not at all: to a temporary file beside it, synced, then renamed over it (a crash never
+    leaves a truncated file that a reader would take for a finished stage)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(value, indent=indent) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> dict:
@@ -181,7 +197,7 @@ class TrainingDir:
             if not resume:
                 raise ConfigError(f"{run.path} holds an unfinished run: pass --resume to continue it or --overwrite")
         claim(run.path, "training", replace=overwrite, done_file=SUMMARY)
-        (run.path / CONFIG).write_text(json.dumps(config, indent=2))
+        write_json(run.path / CONFIG, config)
         return run
 
     @property

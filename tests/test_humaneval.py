@@ -205,3 +205,47 @@ def test_the_offline_form_filled_in_a_browser_saves_a_sheet_that_imports(tmp_pat
                                                                                   "sft-edits": 5}
     assert result["systems"]["reference"]["fluency"] == {"mean": (5.0, 5.0, 5.0), "items": 2}
     assert result["ab"]["win_rate_of_first"][0] == 1.0 and result["ab"]["judgements"] == 3
+
+
+def test_an_export_never_replaces_a_key_nor_writes_into_a_folder_not_its_own(tmp_path):
+    report = evaluation(tmp_path / "eval", 3)
+    export(report, tmp_path / "sheets", HumanEvalConfig(seed=1))
+    first = (tmp_path / "sheets" / KEY).read_text()
+    with pytest.raises(ConfigError, match="holds the key of an earlier export"):
+        export(report, tmp_path / "sheets", HumanEvalConfig(seed=2))
+    assert (tmp_path / "sheets" / KEY).read_text() == first
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="was not written by secondthought"):
+        export(report, mine, HumanEvalConfig())
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_model_text_that_a_spreadsheet_would_run_is_written_as_text(tmp_path):
+    report = evaluation(tmp_path / "eval", 2)
+    rows = [json.loads(line) for line in (report / "completions.jsonl").read_text().splitlines()]
+    rows[0]["sft-edits"] = '<|tgt|>=HYPERLINK("http://x", "click")'
+    rows[1]["context"] = "@SUM(A1:A9)"
+    (report / "completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    export(report, tmp_path / "sheets", HumanEvalConfig())
+    cells = [cell for row in read(tmp_path / "sheets" / SHEET) for cell in (row["context"], row["text"])]
+    assert "'=HYPERLINK(\"http://x\", \"click\")" in cells and "'@SUM(A1:A9)" in cells
+    assert not any(cell[:1] in "=+-@" for cell in cells if cell)
+
+
+def test_a_sheet_cut_short_in_another_encoding_or_with_a_byte_order_mark(exported, tmp_path):
+    folder, key = exported[0], json.loads((exported[0] / KEY).read_text())
+    good = fill(folder / SHEET, key, tmp_path / "good.csv", lambda item, system, question: "4")
+    lines = good.read_text().splitlines()
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join([lines[0], lines[1].rsplit(",", 2)[0]] + lines[2:]) + "\n")
+    with pytest.raises(SheetError, match=r"short.csv line 2: 5 cells where the header has 7: a row was cut short"):
+        import_sheets(folder, [short], tmp_path / "o1", HumanEvalConfig())
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(good.read_text().replace("Be kind", "Be kind \u00e9").encode("cp1252"))
+    with pytest.raises(SheetError, match=r"latin.csv: not UTF-8 text .*save the sheet as CSV UTF-8"):
+        import_sheets(folder, [latin], tmp_path / "o2", HumanEvalConfig())
+    marked = tmp_path / "bom.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + good.read_bytes())
+    assert import_sheets(folder, [marked], tmp_path / "o3", HumanEvalConfig())["raters"] == ["bom"]

@@ -1,6 +1,7 @@
 """The run-directory contract and the training-support helpers, on folders made here."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +154,41 @@ def test_a_pipeline_rerun_with_other_options_is_refused_naming_them(tmp_path):
     with pytest.raises(ConfigError, match=r"--sft.epochs 2 -> 3; --baseline True -> False"):
         refuse_changed(before, {"sft": {"epochs": 3, "lr": 1e-4}, "eval": {"judge": "minilm"}, "baseline": False},
                        tmp_path)
+
+
+def test_a_folder_with_a_manifest_but_not_our_marker_is_never_emptied_nor_one_holding_the_input(tmp_path):
+    """A user's project folder with its own manifest.json (and the very input file) was emptied by
+    ``prepare --overwrite``: only a folder carrying our marker may be emptied, and an --out holding an input is
+    refused."""
+    from secondthought.config import DataConfig, PrepareConfig, RayConfig
+    from secondthought.data import sample_path
+    from secondthought.prepare.stage import run_prepare
+    from secondthought.runs import MANIFEST, claim
+
+    project = user_folder(tmp_path / "project")
+    (project / MANIFEST).write_text('{"name": "my project"}')
+    (project / "src").mkdir()
+    (project / "pairs.jsonl").write_text(Path(sample_path()).read_text())
+    with pytest.raises(ConfigError, match="may not be ours"):
+        claim(project, "prepared", replace=True, done_file=MANIFEST)
+    with pytest.raises(ConfigError, match="holds the input"):
+        run_prepare(DataConfig(dataset="sample", input=[str(project / "pairs.jsonl")]), PrepareConfig(), RayConfig(),
+                    project, overwrite=True)
+    assert sorted(p.name for p in project.iterdir()) == [MANIFEST, "pairs.jsonl", "src", "thesis.tex"]
+
+
+def test_a_done_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import os
+
+    from secondthought.runs import write_json
+
+    path = tmp_path / "summary.json"
+    write_json(path, {"done": 1})
+
+    def crash(src, dst):
+        raise OSError("the disk is gone")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        write_json(path, {"done": 2, "more": "x" * 100_000})
+    assert json.loads(path.read_text()) == {"done": 1} and [p.name for p in tmp_path.iterdir()] == ["summary.json"]

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from secondthought.runs import write_json
 from secondthought.tracking import ProgressLine
 
 SETTINGS = "judge.json"
@@ -152,7 +153,7 @@ def train(spec: JudgeSpec, data: Labelled, folder: Path, progress: bool = True) 
         figures = {"first_loss": losses[0], "last_loss": losses[-1]}
     info = {"spec": asdict(spec), "train_pairs": len(data.texts), "seconds": round(time.time() - started, 1),
             **figures}
-    (folder / SETTINGS).write_text(json.dumps(info, indent=2))  # last: the judge is complete
+    write_json(folder / SETTINGS, info)  # last: the judge is complete
     return info
 
 

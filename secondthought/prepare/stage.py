@@ -258,6 +258,9 @@ def run_prepare(data: DataConfig, prepare: PrepareConfig, ray_cfg: RayConfig, ou
     # the inputs and the tokenizer first: a typo in a flag must not cost an earlier result
     started = time.time()
     chunks = datasets.plan(data, prepare.chunk_mb << 20)
+    inside = sorted({c.path for c in chunks if Path(c.path).resolve().is_relative_to(out)})
+    if inside:  # replacing the folder would delete the very input
+        raise ConfigError(f"--out {out} holds the input {inside[0]}: write the prepared data to another folder")
     datasets.check_head(chunks, data)
     tokenizer = load_tokenizer(prepare.tokenizer)
     if run.done and not overwrite:

@@ -44,6 +44,7 @@ from secondthought.runs import (
     TrainingDir,
     model_folder,
     read_model_info,
+    write_json,
     write_model_info,
 )
 from secondthought.runtime import ray_session
@@ -277,7 +278,7 @@ class RLRun:
         if self.discriminator is not None:
             calls += self.discriminator.call("save", str(folder / "discriminator"))
         ray.get(calls)
-        (folder / STATE).write_text(json.dumps(asdict(state)))  # written last: marks it complete
+        write_json(folder / STATE, asdict(state))  # written last: marks it complete
         for old in sorted(p.parent for p in self.run_dir.checkpoints.glob(f"*/{STATE}"))[:-2]:
             shutil.rmtree(old)
 

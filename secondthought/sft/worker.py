@@ -25,7 +25,7 @@ import ray
 
 from secondthought.config import SFTConfig
 from secondthought.models.lm import export_hf
-from secondthought.runs import FAULT_MARKER, WORKERS
+from secondthought.runs import FAULT_MARKER, WORKERS, write_json
 from secondthought.tracking import Tracker
 from secondthought.training.batching import IGNORE, Batch, Row, bucketed, collate, rows_of_rank
 from secondthought.training.engine import (
@@ -142,7 +142,7 @@ def _checkpoint(engine, state: TrainState, metrics: dict, rank: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         engine.save_checkpoint(folder, tag="engine")
         if rank == 0:
-            Path(folder, STATE).write_text(json.dumps(asdict(state)))
+            write_json(Path(folder, STATE), asdict(state))
         Path(folder, f"rng-{rank}.json").write_text(json.dumps({"state": _rng_state()}))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
