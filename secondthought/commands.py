@@ -80,10 +80,18 @@ def humaneval(args: Namespace, s: dict) -> None:
 
 
 def edits(args: Namespace, s: dict) -> None:
-    from secondthought.chains.edits import compute_edits, decipher
+    from secondthought.chains.edits import check_costs, compute_edits, decipher
     from secondthought.chains.formats import FORMATS
+    from secondthought.chains.text import reserved_token
 
-    chain = compute_edits(args.source, args.target, tuple(args.costs))
+    try:
+        costs = check_costs(tuple(args.costs))
+    except ValueError as e:
+        raise ConfigError(f"--costs: {e}") from None
+    for name in ("source", "target"):
+        if token := reserved_token(args[name]):
+            raise ConfigError(f"the {name} holds {token}, a token reserved for the training text's structure")
+    chain = compute_edits(args.source, args.target, costs)
     for fmt in FORMATS.values():
         print(fmt.write(chain, args.source).strip())
     print(decipher(chain))

@@ -74,7 +74,15 @@ def load_config(path: str | Path | None = None, model: str | None = None, host: 
     path = Path(path) if path else CONFIG
     if not path.is_file():
         raise ConfigError(f"--app-config {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        raise ConfigError(f"--app-config {path}: not valid YAML{f' at line {where.line + 1}' if where else ''}: "
+                          f"{getattr(e, 'problem', None) or e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--app-config {path}: a mapping of Serve's keys (http_options, applications, ...) is "
+                          f"expected, got a {type(raw).__name__}")
     if model is not None:
         for app in raw.get("applications") or []:
             app.setdefault("args", {})["model"] = str(Path(model).expanduser().resolve())
@@ -87,6 +95,11 @@ def load_config(path: str | Path | None = None, model: str | None = None, host: 
     if port is not None:
         http["port"] = port
     check_config(raw, str(path))
+    for k, app in enumerate(raw.get("applications") or []):
+        try:
+            ServeConfig(**(app.get("args") or {}))
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"--app-config {path}: applications[{k}].args: {e}") from None
     return raw
 
 

@@ -5,6 +5,8 @@ import gzip
 import json
 from dataclasses import replace
 
+import pytest
+
 from secondthought.cli import run
 from tests.test_data import STORY
 
@@ -121,3 +123,28 @@ def test_errors_of_ray_tasks_are_reported_as_their_cause(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "secondthought edits: error in a Ray task: ZeroDivisionError: division by zero"
     assert len(err) < 15
+
+
+@pytest.mark.parametrize("text, words", [
+    ("applications:\n  - name: x\n    args: {max_batch_size: 0\n", "not valid YAML at line 4"),
+    ("- a\n- b\n", "a mapping of Serve's keys (http_options, applications, ...) is expected, got a list"),
+    (None, "applications[0].args: serve.max_batch_size must be at least 1, got 0"),
+])
+def test_a_bad_serve_config_is_one_line_and_exit_2_before_ray_starts(memorized, tmp_path, capsys, text, words):
+    from serve.deploy import CONFIG
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(text if text is not None else CONFIG.read_text().replace("max_batch_size: 8", "max_batch_size: 0"))
+    assert run(["serve", "--model", str(memorized), "--app-config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["a b", "a c", "--costs", "[0, 1, 1]"], "--costs: edit costs must be positive finite numbers"),
+    (["a <|ins|> b", "a c"], "the source holds <|ins|>, a token reserved"),
+])
+def test_bad_edits_arguments_are_one_line_and_exit_2(capsys, args, words):
+    assert run(["edits", *args]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
