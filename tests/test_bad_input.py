@@ -148,3 +148,19 @@ def test_bad_edits_arguments_are_one_line_and_exit_2(capsys, args, words):
     assert run(["edits", *args]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+def test_a_jsonl_row_with_a_lone_surrogate_goes_to_the_quarantine_and_the_rest_is_prepared(ray_local, tmp_path,
+                                                                                           capsys):
+    """Valid JSON, no valid Unicode: it killed the whole read task; now it is one quarantined row."""
+    path = stories(tmp_path / "s.jsonl", n=6)
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace("norm\": \"", "norm\": \"\\ud800", 1)
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert run(["prepare", "--out", str(out), "--progress", "false", "--data.dataset", "moral-stories",
+                "--data.input", str(path)]) == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"]) == (6, 5, 1), manifest
+    [reason] = [json.loads(line)["reason"] for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert "lone surrogate" in reason

@@ -124,7 +124,23 @@ def _jsonl(chunk: Chunk) -> Iterator[RawRecord]:
         if not isinstance(value, dict):
             yield RawRecord(chunk.path, number, None, _shown(text), f"expected a JSON object, got {type(value).__name__}")
             continue
+        if _SURROGATE_ESCAPE.search(text) and not _encodes(value):
+            yield RawRecord(chunk.path, number, None, _shown(text), "a lone surrogate (a \\udXXX escape without its "
+                            "pair): not valid Unicode")
+            continue
         yield RawRecord(chunk.path, number, value, _shown(text), json_text=text)
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""JSON's escape of half a surrogate pair: valid JSON, and a string no Arrow column or tokenizer takes alone."""
+
+
+def _encodes(value) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _delimited(chunk: Chunk) -> Iterator[RawRecord]:
