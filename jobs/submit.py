@@ -56,7 +56,7 @@ def address(given: str | None) -> str:
 
 def build(stage_argv: list[str], runtime_env_file: str | Path = RUNTIME_ENV, cwd: Path | None = None,
           submission_id: str | None = None, num_cpus: float | None = None,
-          num_gpus: float | None = None) -> tuple[Job, str, dict, int | None]:
+          num_gpus: float | None = None) -> tuple[Job, str, dict, Upload | None]:
     """The job for ``secondthought STAGE ARGS...``, its stage name, its parsed config sections and the bytes
     of its working_dir upload; ConfigError for a stage that cannot run as a job, a run directory the cluster
     could not keep or an upload over Ray's cap."""
@@ -135,9 +135,17 @@ def runtime_env_problem(env: dict) -> str | None:
     return None
 
 
+SECRETS = (".env*", ".ssh/", ".aws/", ".azure/", ".kube/", ".docker/", ".config/gcloud/", "*.pem", "*.key", "*.p12",
+           ".netrc", ".pgpass", ".git-credentials", ".npmrc", ".pypirc", "credentials", "credentials.json",
+           "*credentials*.json", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.tfstate", "secrets.y*ml")
+"""Never uploaded with a job, whatever the runtime_env's excludes say (gitignore patterns: at any depth)."""
+
+
 def load_runtime_env(file: str | Path, cwd: Path) -> dict:
-    """A runtime_env YAML (Ray's own keys, checked by Ray's RuntimeEnv), working_dir made absolute (relative
-    to ``cwd``, as `ray job submit` takes it)."""
+    """A runtime_env YAML (Ray's own keys, checked by Ray's RuntimeEnv), working_dir made absolute: relative to the
+    file's own folder, so that the project's file names the project's root wherever `submit` runs (``cwd`` is not
+    used for it: run from a home folder, a working_dir of "." took the home folder with it). Files that hold
+    secrets are excluded whatever the file says (:data:`SECRETS`)."""
     file = Path(file)
     if not file.is_file():
         raise ConfigError(f"--runtime-env {file}: no such file")
@@ -145,46 +153,59 @@ def load_runtime_env(file: str | Path, cwd: Path) -> dict:
     if problem := runtime_env_problem(env):
         raise ConfigError(f"--runtime-env {file}: {problem}")
     if "working_dir" in env and "://" not in str(env["working_dir"]):
-        working_dir = (cwd / env["working_dir"]).resolve()
+        working_dir = (file.resolve().parent / env["working_dir"]).resolve()
         if not working_dir.is_dir():
             raise ConfigError(f"--runtime-env {file}: working_dir {working_dir} is not a folder")
         env["working_dir"] = str(working_dir)
+        env["excludes"] = list(env.get("excludes") or []) + [s for s in SECRETS if s not in (env.get("excludes") or [])]
     return env
 
 
-def upload_size(working_dir: Path, excludes: list[str]) -> tuple[int, dict[str, int]]:
-    """Bytes Ray would upload from ``working_dir`` (its walk: the excludes and .gitignore / .rayignore files),
-    and the bytes under each top-level entry."""
+@dataclass
+class Upload:
+    """What the working_dir upload holds after excludes: bytes, and files and bytes under each top-level entry."""
+
+    total: int
+    by_top: dict[str, tuple[int, int]]
+
+    def shown(self) -> dict[str, str]:
+        return {top: f"{files} file{'s' * (files != 1)}, {size / 2**20:.2f} MiB"
+                for top, (files, size) in sorted(self.by_top.items(), key=lambda kv: -kv[1][1])}
+
+
+def upload_size(working_dir: Path, excludes: list[str]) -> Upload:
+    """What Ray would upload from ``working_dir`` (its own walk: the excludes and .gitignore / .rayignore files)."""
     from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
 
-    by_top: dict[str, int] = {}
+    by_top: dict[str, tuple[int, int]] = {}
 
     def count(path: Path) -> None:
         if path.is_file() and not path.is_symlink():
             top = path.relative_to(working_dir).parts[0]
-            by_top[top] = by_top.get(top, 0) + path.stat().st_size
+            files, size = by_top.get(top, (0, 0))
+            by_top[top] = (files + 1, size + path.stat().st_size)
 
     include_gitignore = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1"
     quiet = logging.getLogger("secondthought.upload")  # Ray's walk logs each ignore file it meets at INFO
     quiet.setLevel(logging.WARNING)
     _dir_travel(working_dir, [_get_excludes(working_dir, excludes)], count, include_gitignore=include_gitignore,
                 logger=quiet)
-    return sum(by_top.values()), by_top
+    return Upload(sum(size for _, size in by_top.values()), by_top)
 
 
-def check_upload(working_dir: Path, excludes: list[str]) -> int:
+def check_upload(working_dir: Path, excludes: list[str]) -> Upload:
     from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE
 
-    total, by_top = upload_size(working_dir, excludes)
-    if total >= GCS_STORAGE_MAX_SIZE:
-        biggest = sorted(by_top.items(), key=lambda kv: -kv[1])[:5]
+    upload = upload_size(working_dir, excludes)
+    if upload.total >= GCS_STORAGE_MAX_SIZE:
+        biggest = sorted(upload.by_top.items(), key=lambda kv: -kv[1][1])[:5]
         raise ConfigError(
-            f"the working_dir {working_dir} holds {total / 2**20:.0f} MiB after excludes: over Ray's upload cap of "
-            f"{GCS_STORAGE_MAX_SIZE / 2**20:.0f} MiB. Largest: "
-            + ", ".join(f"{name} {size / 2**20:.0f} MiB" for name, size in biggest)
+            f"the working_dir {working_dir} holds {upload.total / 2**20:.0f} MiB after excludes: over Ray's upload cap "
+            f"of {GCS_STORAGE_MAX_SIZE / 2**20:.0f} MiB. Largest: "
+            + ", ".join(f"{name} {size / 2**20:.0f} MiB" for name, (_, size) in biggest)
             + ". Add them to `excludes` in the runtime_env file (checkpoints, data and models belong on shared "
               "storage, not in the upload)")
-    return total
+    return upload
 
 
 def cluster_nodes(dashboard: str) -> list[dict]:
@@ -230,10 +251,12 @@ def follow(jobs, submission_id: str, out=sys.stdout) -> str:
     return str(jobs.get_job_status(submission_id).value)
 
 
-def describe(job: Job, working_dir_bytes: int | None) -> str:
+def describe(job: Job, upload: Upload | None) -> str:
+    """The job as sent, and what its working_dir upload holds by top-level folder."""
     shown = {k: v for k, v in asdict(job).items() if v not in (None, {}, [])}
-    if working_dir_bytes is not None:
-        shown["working_dir_upload_mib"] = round(working_dir_bytes / 2**20, 2)
+    if upload is not None:
+        shown["working_dir_upload_mib"] = round(upload.total / 2**20, 2)
+        shown["working_dir_upload"] = upload.shown()
     return json.dumps(shown, indent=2)
 
 

@@ -126,7 +126,7 @@ def test_working_dir_over_the_upload_cap_is_refused_naming_the_largest(tmp_path,
     monkeypatch.setattr(packaging, "GCS_STORAGE_MAX_SIZE", 200_000)
     with pytest.raises(ConfigError, match=r"over Ray's upload cap.*Largest: checkpoints 0 MiB"):
         submit.check_upload(tmp_path, [])
-    assert submit.check_upload(tmp_path, ["checkpoints/"]) == len("print(1)\n")
+    assert submit.check_upload(tmp_path, ["checkpoints/"]).total == len("print(1)\n")
 
 
 @pytest.mark.slow
@@ -154,3 +154,25 @@ def test_tiny_pipeline_on_two_nodes_places_workers_and_learners_one_per_node(tmp
     finally:
         survivors = cluster.stop()
     assert not survivors, f"processes of the test's cluster outlived it: {survivors}"
+
+
+def test_the_upload_is_the_projects_root_wherever_submit_runs_and_never_holds_secrets(tmp_path):
+    """Run from a home folder, `working_dir: .` uploaded it whole, .env, .aws/credentials and .ssh keys included."""
+    home = tmp_path / "home"
+    for name in (".env", ".aws/credentials", ".ssh/id_ed25519", "notes.txt"):
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text("secret")
+    job, _, _, upload = submit.build(["prepare", "--out", str(tmp_path / "out")], cwd=home)
+    assert job.runtime_env["working_dir"] == str(ROOT) and "notes.txt" not in upload.by_top
+    assert {"secondthought", "jobs", "serve"} <= set(upload.by_top) and upload.shown()["secondthought"].endswith("MiB")
+
+    project = tmp_path / "project"
+    for name in ("src/code.py", ".env", ".env.local", ".ssh/id_ed25519", "deploy.pem", "tls/server.key",
+                 "config/credentials.json", ".netrc", "src/nested/.aws/credentials"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text("x")
+    (project / "runtime_env.yaml").write_text("working_dir: .\nexcludes: []\n")
+    env = submit.load_runtime_env(project / "runtime_env.yaml", cwd=tmp_path)
+    travels = submit.upload_size(project, env["excludes"])
+    assert set(travels.by_top) == {"src", "runtime_env.yaml"}  # no key, certificate, credentials or .env
+    assert travels.by_top["src"] == (1, 1)  # src/code.py alone: the nested .aws/ stays home
