@@ -17,6 +17,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -239,6 +240,31 @@ def submit(job: Job, jobs) -> str:
     return jobs.submit_job(**asdict(job))
 
 
+PROBE = "python -c 'import secondthought.cli'"
+"""A job's entrypoint runs `python` from the head's PATH, which need not be the interpreter Ray's workers run (a head
+started as `.venv/bin/ray start --head` without the venv active runs jobs on the system's Python)."""
+
+
+def check_interpreter(jobs, runtime_env: dict, timeout_s: float = 300) -> None:
+    """Refuses to send a job the cluster's `python` cannot run, saying why: a probe job imports the CLI there."""
+    from ray.job_submission import JobStatus
+
+    probe = jobs.submit_job(entrypoint=PROBE, runtime_env=runtime_env, metadata={"secondthought_probe": "python"})
+    deadline = time.monotonic() + timeout_s
+    while (status := jobs.get_job_status(probe)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        if time.monotonic() > deadline:
+            jobs.stop_job(probe)
+            raise ConfigError(f"the cluster did not run a probe job ({PROBE}) within {timeout_s:.0f} s: is it busy? "
+                              "Nothing was sent")
+        time.sleep(0.5)
+    if status != JobStatus.SUCCEEDED:
+        said = (jobs.get_job_logs(probe).strip().splitlines() or ["(no output)"])[-1]
+        raise ConfigError(f"the cluster's `python` cannot run secondthought ({said}): a job runs `python` from the "
+                          "head's PATH. Start the head with the project's environment active (`source "
+                          ".venv/bin/activate && ray start --head ...`) or use an image that has secondthought "
+                          "installed (cluster/Dockerfile). Nothing was sent")
+
+
 def follow(jobs, submission_id: str, out=sys.stdout) -> str:
     """Stream the job's logs until it ends; its final status."""
 
@@ -302,6 +328,7 @@ def main(args, sections: dict) -> int:
             raise ConfigError("the job would wait forever for resources no node has:\n  " + "\n  ".join(problems)
                               + "\n(on a cluster that starts such nodes on demand, pass --skip-resource-check)")
     jobs = client(dashboard)
+    check_interpreter(jobs, job.runtime_env)
     submission_id = submit(job, jobs)
     console.say(f"submitted {submission_id} to {dashboard}: {job.entrypoint}")
     if args.no_wait:

@@ -29,10 +29,18 @@ def free_port() -> int:
 
 
 class LocalCluster:
-    def __init__(self, logs: Path, auth_token: str | None = None):
+    def __init__(self, logs: Path, auth_token: str | None = None, activated: bool = True):
+        """``activated``: the head is started as the README says, with the project's environment active (its bin
+        first in PATH); else as `.venv/bin/ray start --head` from a shell without it."""
         self.logs = logs
+        path = os.environ.get("PATH", "")
+        venv_bin = str(Path(sys.executable).parent)
+        path = os.pathsep.join(p for p in path.split(os.pathsep) if p != venv_bin)
         self.env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
-                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+                        PATH=f"{venv_bin}{os.pathsep}{path}" if activated else path)
+        self.env.pop("VIRTUAL_ENV", None)
+        if activated:
+            self.env["VIRTUAL_ENV"] = str(Path(sys.executable).parent.parent)
         self.env.pop("RAY_ADDRESS", None)
         if auth_token:
             self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=auth_token)

@@ -176,3 +176,24 @@ def test_the_upload_is_the_projects_root_wherever_submit_runs_and_never_holds_se
     travels = submit.upload_size(project, env["excludes"])
     assert set(travels.by_top) == {"src", "runtime_env.yaml"}  # no key, certificate, credentials or .env
     assert travels.by_top["src"] == (1, 1)  # src/code.py alone: the nested .aws/ stays home
+
+
+def test_a_head_started_without_the_projects_environment_is_said_before_anything_is_sent(tmp_path):
+    """`.venv/bin/ray start --head` from a shell without the venv: a job's `python` is the system's, which failed
+    after 12 s with ModuleNotFoundError. submit now says so before sending, in one line."""
+    import shutil as sh
+
+    cluster = LocalCluster(tmp_path, auth_token=None, activated=False)
+    system_python = sh.which("python", path=cluster.env["PATH"])
+    if system_python is None:
+        pytest.skip("no `python` outside the venv on PATH: every job would fail to start, tested elsewhere")
+    try:
+        cluster.start_head(num_cpus=2)
+        refused = cli("submit", "--address", cluster.dashboard, "--", "prepare", "--out", str(tmp_path / "out"),
+                      env=cluster.env | {"PATH": os.environ["PATH"]})
+        assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+        assert "the cluster's `python` cannot run secondthought" in refused.stderr and "Nothing was sent" in refused.stderr
+        assert "Traceback" not in refused.stderr and not (tmp_path / "out").exists()
+    finally:
+        survivors = cluster.stop()
+    assert not survivors, f"processes of the test's cluster outlived it: {survivors}"
