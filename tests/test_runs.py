@@ -192,3 +192,29 @@ def test_a_done_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_json(path, {"done": 2, "more": "x" * 100_000})
     assert json.loads(path.read_text()) == {"done": 1} and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_checkpoint_file_that_changed_since_it_was_saved_is_never_loaded(tmp_path):
+    """DeepSpeed reads its optimizer states with torch.load(weights_only=False): anyone who can write the run folder
+    could run code in the workers. Every file's SHA-256 is recorded when saved and checked before loading."""
+    from secondthought.training.engine import CheckpointChanged, digests, verify
+
+    folder = tmp_path / "step_4"
+    (folder / "engine").mkdir(parents=True)
+    (folder / "engine" / "mp_rank_00_model_states.pt").write_bytes(b"weights")
+    (folder / "engine" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"moments")
+    (folder / "state.json").write_text("{}")
+    recorded = digests(folder, "engine")
+    assert set(recorded) == {"engine/mp_rank_00_model_states.pt", "engine/zero_pp_rank_0_mp_rank_00_optim_states.pt"}
+    verify(folder, recorded, "engine")  # as saved: loads
+    (folder / "engine" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"a crafted pickle")
+    with pytest.raises(CheckpointChanged, match="optim_states.pt changed since the checkpoint was saved"):
+        verify(folder, recorded, "engine")
+    (folder / "engine" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"moments")
+    (folder / "engine" / "extra.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointChanged, match="extra.pt is new"):
+        verify(folder, recorded, "engine")
+    with pytest.raises(CheckpointChanged, match="records no digests"):
+        verify(folder, {}, "engine")
+    everything = digests(folder)
+    verify(folder, {k: v for k, v in everything.items() if k != "state.json"}, ignore=("state.json",))

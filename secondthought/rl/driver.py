@@ -49,7 +49,7 @@ from secondthought.runs import (
 )
 from secondthought.runtime import ray_session
 from secondthought.tracking import Tracker, figure, label, read_metrics
-from secondthought.training.engine import STATE, newest_checkpoint
+from secondthought.training.engine import STATE, digests, newest_checkpoint, verify
 
 
 @dataclass
@@ -278,16 +278,18 @@ class RLRun:
         if self.discriminator is not None:
             calls += self.discriminator.call("save", str(folder / "discriminator"))
         ray.get(calls)
-        write_json(folder / STATE, asdict(state))  # written last: marks it complete
+        write_json(folder / STATE, {**asdict(state), "sha256": digests(folder)})  # written last: marks it complete
         for old in sorted(p.parent for p in self.run_dir.checkpoints.glob(f"*/{STATE}"))[:-2]:
             shutil.rmtree(old)
 
     def restore(self, folder: Path) -> LoopState:
+        saved = json.loads((folder / STATE).read_text())
+        verify(folder, saved.pop("sha256", {}), ignore=(STATE,))  # before any torch.load
         calls = self.learners.call("load", str(folder / "learner"))
         if self.discriminator is not None:
             calls += self.discriminator.call("load", str(folder / "discriminator"))
         ray.get(calls)
-        return LoopState(**json.loads((folder / STATE).read_text()))
+        return LoopState(**saved)
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> LoopState:

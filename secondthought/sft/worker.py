@@ -31,10 +31,12 @@ from secondthought.training.batching import IGNORE, Batch, Row, bucketed, collat
 from secondthought.training.engine import (
     STATE,
     deepspeed_files_complete,
+    digests,
     engine_config,
     has_optimizer_shards,
     inject_fault,
     newest_checkpoint,
+    verify,
 )
 from secondthought.training.schedule import lr_factor
 
@@ -143,7 +145,9 @@ def _checkpoint(engine, state: TrainState, metrics: dict, rank: int) -> None:
         engine.save_checkpoint(folder, tag="engine")
         if rank == 0:
             write_json(Path(folder, STATE), asdict(state))
-        Path(folder, f"rng-{rank}.json").write_text(json.dumps({"state": _rng_state()}))
+        # this rank's engine files (each rank writes its own into its own folder; Ray Train merges them)
+        write_json(Path(folder, f"rng-{rank}.json"), {"state": _rng_state(), "sha256": digests(Path(folder), "engine")},
+                   indent=None)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
@@ -275,6 +279,9 @@ def _resume(engine, plan: dict, cfg: SFTConfig, rank: int, world: int) -> TrainS
     if not checkpoint:
         return TrainState()
     with ray.train.Checkpoint.from_directory(str(checkpoint)).as_directory() as folder:
+        recorded = {name: sha for r in range(world) if Path(folder, f"rng-{r}.json").is_file()
+                    for name, sha in json.loads(Path(folder, f"rng-{r}.json").read_text()).get("sha256", {}).items()}
+        verify(Path(folder), recorded, "engine")  # before DeepSpeed's torch.load reads any of them
         engine.load_checkpoint(folder, tag="engine")
         state = TrainState(**json.loads(Path(folder, STATE).read_text()))
         rng_file = Path(folder, f"rng-{rank}.json")

@@ -1,8 +1,10 @@
 """What the SFT workers and the RL learners share: the DeepSpeed engine config, the lookup of the newest
-complete checkpoint, and fault injection for tests. No Ray, no torch."""
+complete checkpoint, the digests that make a resumed checkpoint the one that was saved, and fault injection for
+tests. No Ray, no torch."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -66,6 +68,39 @@ def newest_checkpoint(folder: Path, progress: str, complete: Callable[[Path], bo
         if complete(state.parent):
             found.append((json.loads(state.read_text())[progress], str(state.parent)))
     return Path(max(found)[1]) if found else None
+
+
+class CheckpointChanged(RuntimeError):
+    """A checkpoint file is not the one that was saved: it is not loaded (DeepSpeed reads its optimizer states with
+    torch.load(weights_only=False), which runs whatever code a crafted file holds)."""
+
+
+def digests(folder: Path, under: str = "") -> dict[str, str]:
+    """SHA-256 of every file below ``folder``/``under``, by its path relative to ``folder``."""
+    found = {}
+    for path in sorted((folder / under).rglob("*")):
+        if path.is_file():
+            sha = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    sha.update(block)
+            found[path.relative_to(folder).as_posix()] = sha.hexdigest()
+    return found
+
+
+def verify(folder: Path, recorded: dict[str, str], under: str = "", ignore: tuple[str, ...] = ()) -> None:
+    """Every file below ``folder``/``under`` (less those named in ``ignore``) is one ``recorded`` when the checkpoint
+    was saved, unchanged, and none is missing; CheckpointChanged naming the first that is not."""
+    if not recorded:
+        raise CheckpointChanged(f"{folder} records no digests of its files (saved by an older version?): it is not "
+                                "loaded; start the run again without --resume")
+    now = {name: sha for name, sha in digests(folder, under).items() if name not in ignore}
+    for name in sorted(set(now) | set(recorded)):
+        if now.get(name) != recorded.get(name):
+            what = "is new" if name not in recorded else "is gone" if name not in now else "changed"
+            raise CheckpointChanged(f"{folder / name} {what} since the checkpoint was saved: it is not loaded "
+                                    "(a checkpoint file can run code when read); start again without --resume, or "
+                                    "restore the file")
 
 
 def inject_fault(marker: str | Path) -> None:
