@@ -29,7 +29,8 @@ RUN = "/mnt/shared/runs/moral-stories"
 
 
 class _Dumper(yaml.SafeDumper):
-    pass
+    def ignore_aliases(self, data) -> bool:  # the source's anchors written out in full: each object reads alone
+        return True
 
 
 _Dumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s
@@ -55,9 +56,26 @@ def rayjob(cluster: dict, runtime_env: dict) -> dict:
             "ttlSecondsAfterFinished": 3600,
             "activeDeadlineSeconds": 86400,
             "backoffLimit": 0,
+            "submitterPodTemplate": submitter(cluster),
             "rayClusterSpec": copy.deepcopy(cluster["spec"]),
         },
     }
+
+
+def submitter(cluster: dict) -> dict:
+    """The pod that submits the RayJob's job: the head's image and security context, and bounded resources (the
+    operator's default pod has no limits)."""
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    container = head["containers"][0]
+    return {"metadata": copy.deepcopy(cluster["spec"]["headGroupSpec"]["template"]["metadata"]), "spec": {
+        "restartPolicy": "Never",
+        "securityContext": copy.deepcopy(head["securityContext"]),
+        "containers": [{
+            "name": "ray-job-submitter", "image": container["image"],
+            "securityContext": copy.deepcopy(container["securityContext"]),
+            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+        }],
+    }}
 
 
 def serve_config_v2(serve: dict) -> dict:

@@ -4,7 +4,10 @@
   properties; ``x-kubernetes-int-or-string`` as integer or string) and applied with ``jsonschema``; the
   operator's webhook rules that apply; the embedded strings with Ray's own models (``serveConfigV2`` as a
   Serve config with the unknown-key check of serve/deploy.py, ``runtimeEnvYAML`` as a ``RuntimeEnv``).
-- Ray cluster launcher YAML: Ray's ``prepare_config`` then ``validate_config``.
+- Every pod template: a non-root user, the default seccomp profile, no privilege escalation or capabilities, CPU
+  and memory limits, an image at an exact version, the label the NetworkPolicies select (``hardening_errors``).
+- NetworkPolicies: the fields Kubernetes defines (``network_policy_errors``).
+- Ray cluster launcher YAML: Ray's ``prepare_config`` then ``validate_config``; token authentication on.
 
     python -m cluster.validate --crds ../shared/kuberay/crds     # every file in cluster/
 """
@@ -153,12 +156,112 @@ def serve_config_errors(text: str) -> list[str]:
     return []
 
 
+IMAGE_TAG = re.compile(r"^[^@:]+(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$")
+
+
+def pod_templates(doc: dict) -> list[tuple[str, dict]]:
+    """Every pod template of a KubeRay manifest, with where it is."""
+    spec, kind = doc.get("spec") or {}, doc.get("kind")
+    cluster = spec if kind == "RayCluster" else spec.get("rayClusterSpec") or spec.get("rayClusterConfig") or {}
+    where = {"RayCluster": "spec", "RayJob": "spec.rayClusterSpec", "RayService": "spec.rayClusterConfig"}[kind]
+    found = [(f"{where}.headGroupSpec.template", (cluster.get("headGroupSpec") or {}).get("template") or {})]
+    found += [(f"{where}.workerGroupSpecs[{i}].template", g.get("template") or {})
+              for i, g in enumerate(cluster.get("workerGroupSpecs") or [])]
+    if "submitterPodTemplate" in spec:
+        found.append(("spec.submitterPodTemplate", spec["submitterPodTemplate"]))
+    return found
+
+
+def hardening_errors(doc: dict) -> list[str]:
+    """What every pod of ours must have: a non-root user, the runtime's default seccomp profile, no privilege
+    escalation, no capabilities, CPU and memory limits, an image at an exact version (a tag other than latest, or
+    a digest), and the label the NetworkPolicies select."""
+    errors = []
+    for where, template in pod_templates(doc):
+        pod = template.get("spec") or {}
+        pod_security = pod.get("securityContext") or {}
+        if ((template.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/name") != "secondthought":
+            errors.append(f"{where}.metadata.labels: app.kubernetes.io/name: secondthought is missing "
+                          "(networkpolicy.yaml selects the pods by it)")
+        for k, c in enumerate(pod.get("containers") or []):
+            at, security = f"{where}.spec.containers[{k}]", c.get("securityContext") or {}
+
+            def setting(key):
+                return security.get(key, pod_security.get(key))
+
+            if setting("runAsNonRoot") is not True:
+                errors.append(f"{at}: runAsNonRoot: true is missing (pod or container securityContext)")
+            if (setting("seccompProfile") or {}).get("type") != "RuntimeDefault":
+                errors.append(f"{at}: seccompProfile type RuntimeDefault is missing")
+            if security.get("allowPrivilegeEscalation") is not False or security.get("privileged"):
+                errors.append(f"{at}.securityContext: allowPrivilegeEscalation: false is missing")
+            if (security.get("capabilities") or {}).get("drop") != ["ALL"]:
+                errors.append(f"{at}.securityContext.capabilities: drop: [ALL] is missing")
+            limits = (c.get("resources") or {}).get("limits") or {}
+            if not {"cpu", "memory"} <= set(limits):
+                errors.append(f"{at}.resources.limits: cpu and memory are needed, got {sorted(limits)}")
+            image = str(c.get("image", ""))
+            if not IMAGE_TAG.match(image) or image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]:
+                errors.append(f"{at}.image {image!r}: give an exact version (a tag other than latest, or @sha256:...)")
+    return errors
+
+
+NETWORK_POLICY = {
+    "spec": {"podSelector", "policyTypes", "ingress", "egress"},
+    "rule": {"from", "to", "ports"},
+    "peer": {"podSelector", "namespaceSelector", "ipBlock"},
+    "port": {"protocol", "port", "endPort"},
+    "selector": {"matchLabels", "matchExpressions"},
+}
+
+
+def network_policy_errors(doc: dict) -> list[str]:
+    """A NetworkPolicy (networking.k8s.io/v1) checked against the fields Kubernetes defines (no schema of it here)."""
+    errors, spec = [], doc.get("spec") or {}
+    name = (doc.get("metadata") or {}).get("name", "")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 253:
+        errors.append(f"metadata.name {name!r} is not a DNS-1123 name")
+    errors += [f"spec.{k}: unknown field" for k in sorted(set(spec) - NETWORK_POLICY["spec"])]
+    if "podSelector" not in spec:
+        errors.append("spec.podSelector is required (an empty one selects every pod)")
+    if not set(spec.get("policyTypes") or []) <= {"Ingress", "Egress"}:
+        errors.append(f"spec.policyTypes must be Ingress and/or Egress, got {spec.get('policyTypes')}")
+    selectors = [("spec.podSelector", spec.get("podSelector") or {})]
+    for direction, peers_key in (("ingress", "from"), ("egress", "to")):
+        for i, rule in enumerate(spec.get(direction) or []):
+            at = f"spec.{direction}[{i}]"
+            errors += [f"{at}.{k}: unknown field" for k in sorted(set(rule) - NETWORK_POLICY["rule"])]
+            for j, peer in enumerate(rule.get(peers_key) or []):
+                errors += [f"{at}.{peers_key}[{j}].{k}: unknown field" for k in sorted(set(peer) - NETWORK_POLICY["peer"])]
+                if "ipBlock" in peer and len(peer) > 1:
+                    errors.append(f"{at}.{peers_key}[{j}]: ipBlock stands alone")
+                selectors += [(f"{at}.{peers_key}[{j}].{k}", peer[k] or {}) for k in ("podSelector", "namespaceSelector")
+                              if k in peer]
+            for j, port in enumerate(rule.get("ports") or []):
+                errors += [f"{at}.ports[{j}].{k}: unknown field" for k in sorted(set(port) - NETWORK_POLICY["port"])]
+                if port.get("protocol", "TCP") not in ("TCP", "UDP", "SCTP"):
+                    errors.append(f"{at}.ports[{j}].protocol must be TCP, UDP or SCTP")
+                number = port.get("port")
+                if isinstance(number, int) and not 1 <= number <= 65535:
+                    errors.append(f"{at}.ports[{j}].port {number} is out of 1-65535")
+    for at, selector in selectors:
+        errors += [f"{at}.{k}: unknown field" for k in sorted(set(selector) - NETWORK_POLICY["selector"])]
+        errors += [f"{at}.matchLabels.{k}: a label value is a string, got {v!r}"
+                   for k, v in (selector.get("matchLabels") or {}).items() if not isinstance(v, str)]
+    return errors
+
+
 def manifest_errors(path: Path, crds: Path) -> list[str]:
     errors = []
     for doc in yaml.safe_load_all(path.read_text()):
         if doc is None or doc.get("apiVersion") == "v1":  # core objects (the PersistentVolumeClaim)
             continue
+        if doc.get("apiVersion") == "networking.k8s.io/v1" and doc.get("kind") == "NetworkPolicy":
+            errors += [f"{doc['metadata'].get('name')}: {e}" for e in network_policy_errors(doc)]
+            continue
         errors += schema_errors(doc, crds) + webhook_errors(doc)
+        if doc.get("kind") in CRD_FILES:
+            errors += hardening_errors(doc)
     return errors
 
 
@@ -166,11 +269,14 @@ def launcher_errors(path: Path) -> list[str]:
     """Ray's own checks of a cluster launcher config (`ray up`), offline."""
     from ray.autoscaler._private.util import prepare_config, validate_config
 
+    config = yaml.safe_load(path.read_text())
     try:
-        validate_config(prepare_config(yaml.safe_load(path.read_text())))
+        validate_config(prepare_config(copy.deepcopy(config)))
     except Exception as e:
         return [f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}"]
-    return []
+    return [f"{key}: start Ray with token authentication (RAY_AUTH_MODE=token and the token)"
+            for key in ("head_start_ray_commands", "worker_start_ray_commands")
+            if not all("RAY_AUTH_MODE=token" in c and "RAY_AUTH_TOKEN" in c for c in config.get(key) or [""])]
 
 
 def is_launcher(path: Path) -> bool:

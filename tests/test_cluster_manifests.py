@@ -164,3 +164,62 @@ def test_the_fit_check_refuses_what_the_cluster_cannot_hold():
                                   "STRICT_SPREAD", "--rl.rollout_workers", "3", "--rl.learner_workers", "3",
                                   "--rl.minibatch_size", "24", "--rl.prompts_per_iteration", "48", *STAGE_ARGS["rl"]])
     assert "cannot be placed" in unmet(asks(sections, 512)[0], nodes)  # 3 GPU bundles, 2 GPU nodes
+
+
+def test_every_pod_is_hardened_and_the_checks_catch_one_that_is_not():
+    """Non-root, the default seccomp profile, no privilege escalation or capabilities, limits, an exact image, the
+    label the NetworkPolicies select: on every pod template of every manifest (the RayJob's submitter too)."""
+    job, cluster = load("rayjob.yaml"), load("raycluster.yaml")
+    assert "submitterPodTemplate" in job["spec"]
+    assert validate.hardening_errors(job) == validate.hardening_errors(cluster) == []
+    head = ["spec", "headGroupSpec", "template"]
+
+    def at(doc, path):
+        for key in path:
+            doc = doc[key]
+        return doc
+
+    cases = {
+        "root": (lambda d: at(d, head)["spec"]["securityContext"].pop("runAsNonRoot"), "runAsNonRoot: true is missing"),
+        "escalation": (lambda d: at(d, head)["spec"]["containers"][0]["securityContext"].update(
+            allowPrivilegeEscalation=True), "allowPrivilegeEscalation: false is missing"),
+        "capabilities": (lambda d: d["spec"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][0][
+            "securityContext"].pop("capabilities"), "drop: [ALL] is missing"),
+        "seccomp": (lambda d: at(d, head)["spec"]["securityContext"].pop("seccompProfile"), "RuntimeDefault"),
+        "limits": (lambda d: d["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"].pop(
+            "limits"), "cpu and memory are needed"),
+        "latest": (lambda d: at(d, head)["spec"]["containers"][0].update(image="ghcr.io/secondthought/secondthought:latest"),
+                   "give an exact version"),
+        "untagged": (lambda d: at(d, head)["spec"]["containers"][0].update(image="ghcr.io/secondthought/secondthought"),
+                     "give an exact version"),
+        "label": (lambda d: at(d, head).pop("metadata"), "app.kubernetes.io/name: secondthought is missing"),
+    }
+    for case, (change, expected) in cases.items():
+        found = validate.hardening_errors(mutated(cluster, change))
+        assert any(expected in e for e in found), (case, found)
+    digest = "ghcr.io/secondthought/secondthought@sha256:" + "0" * 64
+    assert validate.hardening_errors(mutated(cluster, lambda d: at(d, head)["spec"]["containers"][0].update(
+        image=digest))) == []
+
+
+def test_the_network_policies_select_the_pods_and_the_check_catches_a_bad_one():
+    policies = list(yaml.safe_load_all((ROOT / "cluster" / "networkpolicy.yaml").read_text()))
+    assert [p["metadata"]["name"] for p in policies] == ["secondthought-ray-internal", "secondthought-head",
+                                                        "secondthought-serve"]
+    pod_label = load("raycluster.yaml")["spec"]["headGroupSpec"]["template"]["metadata"]["labels"]
+    assert all(p["spec"]["podSelector"]["matchLabels"].items() >= pod_label.items() for p in policies)
+    assert [validate.network_policy_errors(p) for p in policies] == [[], [], []]
+    bad = mutated(policies[1], lambda d: (d["spec"]["ingress"][0]["ports"].append({"protocol": "HTTP", "port": 70000}),
+                                          d["spec"]["ingress"][0]["from"][1].update(podSelectr={})))
+    found = validate.network_policy_errors(bad)
+    assert any("protocol must be TCP" in e for e in found) and any("70000 is out" in e for e in found)
+    assert any("podSelectr: unknown field" in e for e in found)
+
+
+def test_the_launcher_configs_start_ray_with_token_authentication(tmp_path):
+    doc = yaml.safe_load((ROOT / "cluster" / "launcher-local.yaml").read_text())
+    doc["worker_start_ray_commands"] = ["ray start --address=$RAY_HEAD_IP:6379"]
+    bad = tmp_path / "launcher-bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    assert validate.launcher_errors(bad) == ["worker_start_ray_commands: start Ray with token authentication "
+                                             "(RAY_AUTH_MODE=token and the token)"]
