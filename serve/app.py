@@ -24,6 +24,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from secondthought.config import ConfigError, ServeConfig
 from secondthought.runs import model_folder, read_model_info
@@ -119,6 +120,13 @@ async def _busy(request: Request, e: BackPressureError) -> JSONResponse:
     body = {"error": {"message": "the server is busy: every model replica's queue is full, retry shortly",
                       "type": "server_busy", "param": None, "code": 503}}
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (no such route, a method the route does not take) in OpenAI's shape too."""
+    body = {"error": {"message": str(e.detail), "type": "invalid_request_error", "param": None, "code": e.status_code}}
+    return JSONResponse(body, status_code=e.status_code, headers=getattr(e, "headers", None))
 
 
 @api.exception_handler(RequestValidationError)
