@@ -190,3 +190,26 @@ def test_a_sampled_request_with_a_seed_answers_the_same_whatever_shares_its_batc
     alone = replica.realign([sampled[0]])[0]
     beside = replica.realign([sampled[1], sampled[0], sampled[2]])[1]  # the same settings: once one batch
     assert alone["target"] == beside["target"] and alone["chain"] == beside["chain"]
+
+
+def test_a_replica_decodes_at_most_max_streams_streams_at_once():
+    """Each stream decodes in a thread of its own: beyond the bound a stream gets a 503 instead of one more thread."""
+    import threading
+
+    from serve.app import Realigner
+
+    class Streaming:
+        def stream(self, job):
+            yield "a", None
+            yield "", "stop"
+
+    replica = Realigner.func_or_class.__new__(Realigner.func_or_class)
+    replica.cfg, replica.replica = ServeConfig(model="unused", max_streams=1), Streaming()
+    replica.streams = threading.BoundedSemaphore(1)
+    first = replica.stream(None)
+    assert next(first) == ("a", None)  # one stream running
+    with pytest.raises(ApiError) as refused:
+        next(replica.stream(None))
+    assert refused.value.status == 503 and "1 streams already" in refused.value.message
+    assert list(first) == [("", "stop")]  # it ends, and frees its place
+    assert list(replica.stream(None)) == [("a", None), ("", "stop")]
