@@ -71,7 +71,7 @@ def test_apply_unticked_changed_and_added_edits(server, example):
     ("/v1/edits/apply", {"text": "Tom kicks."}, "body", "give edits"),
     ("/v1/edits/apply", {"text": "Tom kicks.", "edits": [{"op": "swap", "position": 0}]}, "edits.0.op", "'ins'"),
     ("/v1/edits/apply", {"text": "Tom.", "edits": [{"op": "ins", "position": 0, "new": "<|del|> 0 x"}]},
-     "edits", "reserved edit marker"),
+     "edits.0.new", "holds <|del|>, a token reserved"),  # refused before anything is built, naming the field
     ("/v1/realign", {"context": "c"}, "text", "Field required"),
     ("/v1/realign", {"text": ""}, "text", "at least 1 character"),
     ("/v1/realign", {"text": 42}, "text", "valid string"),
