@@ -21,26 +21,28 @@ def test_requests_generated_from_the_schema_get_no_5xx_and_every_4xx_in_openais_
     counts: Counter = Counter()
     problems: list[str] = []
     deadline = time.monotonic() + LIMIT_S
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        for mode in schemathesis.GenerationMode:
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=PER_ROUTE_AND_MODE, deadline=None, database=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck))
-            def send(case, mode=mode, label=operation.label):
-                if time.monotonic() > deadline:
-                    return
-                response = case.call(base_url=url, timeout=120)
-                counts[label, mode.value, response.status_code] += 1
-                if response.status_code >= 500:
-                    problems.append(f"{label} {mode.value}: {response.status_code} {response.text[:200]}")
-                elif response.status_code >= 400:
-                    error = response.json().get("error") if "json" in response.headers.get("content-type", "") else None
-                    if not (isinstance(error, dict) and {"message", "type", "param"} <= error.keys()):
-                        problems.append(f"{label} {mode.value}: {response.status_code} not in OpenAI's shape: "
-                                        f"{response.text[:200]}")
+    def fuzz(operation, mode) -> None:
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(max_examples=PER_ROUTE_AND_MODE, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        def send(case):
+            if time.monotonic() > deadline:
+                return
+            response = case.call(base_url=url, timeout=120)
+            counts[operation.label, mode.value, response.status_code] += 1
+            if response.status_code >= 500:
+                problems.append(f"{operation.label} {mode.value}: {response.status_code} {response.text[:200]}")
+            elif response.status_code >= 400:
+                error = response.json().get("error") if "json" in response.headers.get("content-type", "") else None
+                if not (isinstance(error, dict) and {"message", "type", "param"} <= error.keys()):
+                    problems.append(f"{operation.label} {mode.value}: {response.status_code} not in OpenAI's shape: "
+                                    f"{response.text[:200]}")
 
-            send()
+        send()
+
+    for result in schema.get_all_operations():
+        for mode in schemathesis.GenerationMode:
+            fuzz(result.ok(), mode)
     total = sum(counts.values())
     by_route = Counter()
     for (label, _, status), n in counts.items():
