@@ -74,3 +74,16 @@ def test_batched_scoring_equals_one_row_at_a_time(folder, tokenizer):
     got = mean_nll(model, contexts, texts, tokenizer.pad_token_id, batch_size=3, done=seen.append)
     assert got == pytest.approx(expected, abs=1e-4) and not any(math.isnan(v) for v in got)
     assert seen == [3, 4]
+
+
+def test_a_temperature_near_zero_samples_the_most_likely_token_instead_of_nan():
+    """Found by the schemathesis fuzz: temperature 5e-324 (valid in [0, 2]) made the scaled logits inf and the
+    softmax NaN, a 500."""
+    import torch
+
+    from secondthought.decoding.policy import SamplingParams, next_tokens
+
+    logits = torch.tensor([[5.0, 3.0, float("-inf")], [1.0, 2.0, 0.5]])
+    for temperature in (5e-324, 1e-40, 1e-6):
+        chosen = next_tokens(logits, SamplingParams(temperature=temperature, top_p=1e-300), torch.Generator())
+        assert chosen.tolist() == [0, 1]

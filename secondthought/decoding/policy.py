@@ -35,6 +35,10 @@ class SamplingParams:
     """Prompts decoded together."""
 
 
+MIN_TEMPERATURE = 1e-4
+"""Sampling divides the logits by at least this: below it the scaled logits overflow float32."""
+
+
 def _filter(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
@@ -42,7 +46,8 @@ def _filter(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     if params.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= params.top_p  # keeps the first token always
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= params.top_p
+        drop[:, 0] = False  # the most likely token always stays (a top_p that rounds to 0 in float32 dropped it too)
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     return logits
 
@@ -51,7 +56,8 @@ def next_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     """Sample one token a row from softmax(filtered logits / temperature); temperature 0 is greedy."""
     if params.temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(_filter(logits.float() / params.temperature, params), dim=-1)
+    # a temperature near 0 is greedy in all but name, and dividing by it overflows to inf (softmax then gives NaN)
+    probs = torch.softmax(_filter(logits.float() / max(params.temperature, MIN_TEMPERATURE), params), dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
