@@ -213,3 +213,20 @@ def test_a_replica_decodes_at_most_max_streams_streams_at_once():
     assert refused.value.status == 503 and "1 streams already" in refused.value.message
     assert list(first) == [("", "stop")]  # it ends, and frees its place
     assert list(replica.stream(None)) == [("a", None), ("", "stop")]
+
+
+def test_a_character_the_tokenizer_cannot_write_is_a_422_naming_the_field(memorized):
+    """Found by the schemathesis fuzz: SmolLM2's vocabulary has no token for the byte 0xF1 (the start of U+40000 to
+    U+7FFFF): the tokenizer dropped it and constrained decoding could never remove the word: a 500."""
+    from secondthought.serving.replica import Replica
+
+    cfg = ServeConfig(model=str(memorized))
+    replica = Replica(cfg)
+    context, source, _ = triples(1)[0]
+    odd = realign_job(RealignRequest(context=context, text="Tom kicks \U00040a0f."), cfg, True, TOKENS)
+    good = realign_job(RealignRequest(context=context, text=source), cfg, True, TOKENS)
+    bad_context = realign_job(RealignRequest(context="\U00040a0f", text=source), cfg, True, TOKENS)
+    answers = replica.realign([odd, good, bad_context])
+    assert isinstance(answers[0], ApiError) and answers[0].status == 422 and answers[0].param == "text"
+    assert "U+40A0F" in answers[0].message and answers[1]["applies"]
+    assert isinstance(answers[2], ApiError) and answers[2].param == "context"

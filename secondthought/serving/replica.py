@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -18,6 +19,7 @@ from secondthought.config import ServeConfig
 from secondthought.decoding.constraints import Constrain
 from secondthought.decoding.machine import ChainMachine
 from secondthought.decoding.policy import Policy, SamplingParams, completion_text
+from secondthought.decoding.vocabulary import UnsupportedTokenizer
 from secondthought.runs import model_folder
 from secondthought.serving.handlers import ApiError, CompletionJob, RealignJob, Sampling, cut_at_stop, realign_answer
 
@@ -68,7 +70,27 @@ class Replica:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
+    @cached_property
+    def _unwritable(self) -> frozenset[int]:
+        """Bytes no token of this model's vocabulary writes (SmolLM2's lacks 0xF1, for one: the tokenizer drops
+        them, and a chain could never remove text that holds them)."""
+        try:
+            table = self.policy.grammar.table
+        except UnsupportedTokenizer:
+            return frozenset()
+        return frozenset(b for b in range(256) if bytes([b]) not in table.by_bytes)
+
+    def _check_writable(self, job: Job) -> None:
+        fields = ([("text", job.source), ("context", job.prompt)] if isinstance(job, RealignJob)
+                  else [("prompt", job.prompt)])
+        for param, text in fields:
+            if self._unwritable and not self._unwritable.isdisjoint(text.encode()):
+                char = next(c for c in text if not self._unwritable.isdisjoint(c.encode()))
+                raise ApiError(param, f"holds {char!r} (U+{ord(char):04X}), a character this model's tokenizer "
+                                      "cannot write")
+
     def _ids(self, job: Job) -> list[int]:
+        self._check_writable(job)
         ids = self.encode(job.prompt)
         if len(ids) + job.sampling.max_new_tokens > self.context_limit:
             raise ApiError("prompt" if isinstance(job, CompletionJob) else "text",
