@@ -230,3 +230,13 @@ def test_a_character_the_tokenizer_cannot_write_is_a_422_naming_the_field(memori
     assert isinstance(answers[0], ApiError) and answers[0].status == 422 and answers[0].param == "text"
     assert "U+40A0F" in answers[0].message and answers[1]["applies"]
     assert isinstance(answers[2], ApiError) and answers[2].param == "context"
+
+
+def test_an_empty_prompt_is_refused_naming_it():
+    """Found by the schemathesis fuzz: an empty prompt reached the model (a forward over no token: a 500)."""
+    from pydantic import ValidationError
+
+    for prompt in ("", ["Be kind.", ""]):
+        with pytest.raises(ValidationError) as refused:
+            CompletionRequest(prompt=prompt)
+        assert refused.value.errors()[0]["loc"][0] == "prompt"

@@ -92,6 +92,8 @@ class Replica:
     def _ids(self, job: Job) -> list[int]:
         self._check_writable(job)
         ids = self.encode(job.prompt)
+        if not ids:
+            raise ApiError("prompt", "no text: a prompt needs at least one token")
         if len(ids) + job.sampling.max_new_tokens > self.context_limit:
             raise ApiError("prompt" if isinstance(job, CompletionJob) else "text",
                            f"{len(ids)} prompt tokens + {job.sampling.max_new_tokens} new ones exceed the model's "

@@ -40,6 +40,7 @@ def _plain(value: str) -> str:
 Unicode = Annotated[str, Field(max_length=MAX_FIELD_CHARS), AfterValidator(_unicode)]
 Plain = Annotated[str, Field(max_length=MAX_FIELD_CHARS), AfterValidator(_plain)]
 Stop = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_unicode)]
+Prompt = Annotated[str, Field(min_length=1, max_length=MAX_FIELD_CHARS), AfterValidator(_unicode)]
 
 
 class _Strict(BaseModel):
@@ -148,7 +149,7 @@ class CompletionRequest(_Strict):
     """OpenAI's completion request, the fields this server implements."""
 
     model: Optional[Unicode] = None
-    prompt: Union[Unicode, list[Unicode]]
+    prompt: Union[Prompt, list[Prompt]]
     max_tokens: int = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
