@@ -130,6 +130,15 @@ class PreparedDir:
     def format(self) -> EditFormat:
         return edit_format(self.edit_format)
 
+    @property
+    def served_decoding(self) -> str:
+        """How the server answers with this model by default: derived where it learned to write a target without
+        a chain (the best answers on real rows: README, Answer quality), else constrained; free for a model that
+        writes targets only."""
+        if not self.writes_chains:
+            return "free"
+        return "derived" if self.direct_targets > 0 else "constrained"
+
     def fingerprint(self) -> str:
         """Names this preparation: a redone one (even of the same input) gets another."""
         import hashlib
@@ -242,6 +251,9 @@ class ModelInfo:
     """Whether the model writes a chain of edits before the target (False: the targets-only baseline)."""
     edit_format: str = LEGACY.name
     """The name of the format its chains are written in (chains.formats.FORMATS)."""
+    direct_targets: float = 0.0
+    """The share of its training rows that had no chain (``--sft.direct_targets``): above 0 a chain model also
+    writes a target straight after the prompt, which the ``derived`` decoding asks of it."""
     base_model: Optional[str] = None
     """The pretrained LM its lineage started from (a name such as smollm2, or a folder)."""
     base_folder: Optional[str] = None
@@ -252,6 +264,15 @@ class ModelInfo:
     @property
     def format(self) -> EditFormat:
         return edit_format(self.edit_format)
+
+    @property
+    def served_decoding(self) -> str:
+        """How the server answers with this model by default: derived where it learned to write a target without
+        a chain (the best answers on real rows: README, Answer quality), else constrained; free for a model that
+        writes targets only."""
+        if not self.writes_chains:
+            return "free"
+        return "derived" if self.direct_targets > 0 else "constrained"
 
 
 def is_model_folder(path: str | Path) -> bool:

@@ -37,6 +37,7 @@ from secondthought.serving.handlers import (
     completion_body,
     completion_id,
     completion_jobs,
+    decoding_of,
     models_body,
     realign_job,
     stream_chunk,
@@ -171,7 +172,8 @@ class Api:
 
     @api.post("/v1/realign", response_model=RealignResponse)
     async def realign(self, req: RealignRequest) -> dict:
-        return await self._call("realign", realign_job(req, self.cfg, self.info.writes_chains, self.info.format))
+        return await self._call("realign", realign_job(req, self.cfg, self.info.writes_chains, self.info.format,
+                                                           decoding_of(self.cfg, self.info) == "derived"))
 
     @api.post("/v1/edits/apply", response_model=ApplyResponse)
     def apply(self, req: ApplyRequest) -> dict:

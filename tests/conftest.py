@@ -56,6 +56,15 @@ def memorized_words(tokenizer, tmp_path_factory):
     return memorized_model(tokenizer, tmp_path_factory.mktemp("memorized-words") / "model", edit_format="words")
 
 
+@pytest.fixture(scope="session")
+def memorized_direct(tokenizer, tmp_path_factory):
+    """The words model that also writes its target straight after the prompt (--sft.direct_targets)."""
+    from tests.memorized import memorized_model
+
+    return memorized_model(tokenizer, tmp_path_factory.mktemp("memorized-direct") / "model", edit_format="words",
+                           direct=True)
+
+
 @pytest.fixture(scope="module")
 def server(ray_local, memorized):
     """The shipped Serve application on the memorized model, on a free loopback port: (url, its config)."""

@@ -27,9 +27,11 @@ def first_edit(source: str, target: str, edit_format: str) -> str:
     return FORMATS[edit_format].write(EditChain(compute_edits(source, target).edits[:1]), source)
 
 
-def memorized_model(tokenizer, dest: Path, steps: int = 100, seed: int = 0, edit_format: str = "tokens") -> Path:
+def memorized_model(tokenizer, dest: Path, steps: int = 100, seed: int = 0, edit_format: str = "tokens",
+                    direct: bool = False) -> Path:
     """tiny-llama trained on the first sample triple until greedy decoding writes its chain and target, and the
-    same after the corrected first edit (so regenerating after a correction has one right answer)."""
+    same after the corrected first edit (so regenerating after a correction has one right answer); ``direct``:
+    also the target straight after the prompt (as ``--sft.direct_targets`` trains), recorded in its metadata."""
     import torch
 
     from secondthought.chains.edits import compute_edits
@@ -45,6 +47,7 @@ def memorized_model(tokenizer, dest: Path, steps: int = 100, seed: int = 0, edit
     # the original twice: greedy decoding then writes it (p ~ 2/3) unless the prefix says otherwise
     texts = [prompt(context, source) + completion(FORMATS[edit_format].write(compute_edits(source, t), source), t)
              for t in (target, target, corrected)]
+    texts += [prompt(context, source) + completion("", target)] if direct else []
     rows = [tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for text in texts]
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -58,5 +61,6 @@ def memorized_model(tokenizer, dest: Path, steps: int = 100, seed: int = 0, edit
             optimizer.zero_grad()
     model.eval()
     model.save_pretrained(dest)
-    write_model_info(dest, ModelInfo(stage="sft", base_model="tiny-llama", edit_format=edit_format))
+    write_model_info(dest, ModelInfo(stage="sft", base_model="tiny-llama", edit_format=edit_format,
+                                     direct_targets=0.25 if direct else 0.0))
     return dest

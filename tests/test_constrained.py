@@ -308,7 +308,9 @@ def test_served_answers_apply_under_the_default_constrained_decoding_where_free_
     constrained = answers["constrained"]
     assert constrained["applies"] and constrained["valid"] and constrained["consistent"]
     assert constrained["result"] == constrained["target"] != request.text
-    assert ServeConfig().decoding == "constrained" and ServeConfig().force_target
+    # the default: constrained for a model that never learned to write a target without its chain
+    assert ServeConfig().decoding == "auto" and ServeConfig().force_target
+    assert Replica(ServeConfig(model=str(memorized))).decoding == "constrained"
 
 
 @pytest.mark.parametrize("edit_format", list(FORMATS))

@@ -74,7 +74,7 @@ def test_markdown_table_has_a_row_per_system_with_intervals():
 def test_eval_config_errors():
     with pytest.raises(ConfigError, match="--eval.split"):
         EvalConfig(split="dev")
-    with pytest.raises(ConfigError, match="--eval.decoding must be free, constrained or both"):
+    with pytest.raises(ConfigError, match="--eval.decoding must be free, constrained, derived or both"):
         EvalConfig(decoding="greedy")
     with pytest.raises(ConfigError, match="--eval.bootstrap"):
         EvalConfig(bootstrap=0)
@@ -159,3 +159,6 @@ def test_eval_decodes_each_model_in_parts_over_the_cpus_and_keeps_every_row_in_o
     assert cost["tokens"] == sum(o.tokens for o in constrained) and cost["seconds"] > 0
     text = (tmp_path / "eval" / "report.md").read_text()
     assert "memorized (constrained) " in text and "Constrained against free decoding of the same model" in text
+    # the row of what the server answers (this model learned no direct targets: constrained) is marked
+    assert report["served"] == "memorized (constrained)" and "| memorized (constrained) **served** |" in text
+    assert all(set(w["alignment"]) == {"copy", "reference", "memorized", "memorized (constrained)"} for w in written)

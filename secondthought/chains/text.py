@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from secondthought.chains.edits import EDIT_TOKENS, EditError, EditFormatError
+from secondthought.chains.edits import EDIT_TOKENS, EditError, EditFormatError, compute_edits
 from secondthought.chains.formats import EditFormat
 
 SRC, SEP, TGT = "<|src|>", "<|sep|>", "<|tgt|>"
@@ -34,6 +34,12 @@ def prompt(context: str, source: str) -> str:
 def completion(chain_text: str, target: str) -> str:
     """What the model writes after the prompt (the tokenizer's EOS follows it)."""
     return f"{chain_text}{TGT}{target}"
+
+
+def derived_completion(source: str, target: str, fmt: EditFormat) -> str:
+    """A target written without a chain, as a completion whose chain is the exact chain of edits from ``source`` to
+    it (``compute_edits``): the chain always applies and gives that target."""
+    return completion(fmt.write(compute_edits(source, target.strip()), source), target)
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from secondthought.config.checks import PRECISIONS, ConfigError, check_choice, check_ranges
+
+
+DECODINGS = ("free", "constrained", "derived")
 
 
 @dataclass
@@ -26,10 +29,13 @@ class EvalConfig:
     """Of decoding and perplexity: auto (bf16 where the device has fast bf16 kernels: a GPU, or a CPU that
     oneDNN runs bf16 on; else fp32), bf16 or fp32. bf16 decodes about 1.7x faster on an AVX-512 CPU; greedy
     outputs then differ from fp32 ones in some rows (README, Few-shot transfer)."""
-    decoding: str = "both"
-    """How chain-writing models decode: free, constrained (only chains that apply to the source: positions in
-    order, removed text forced to the source's own) or both (each such model is listed twice, e.g. ``sft-edits``
-    and ``sft-edits (constrained)``). Models that write targets only always decode freely."""
+    decoding: Union[str, list[str]] = field(default_factory=lambda: list(DECODINGS))
+    """How chain-writing models decode, any of: free; constrained (only chains that apply to the source: positions
+    in order, removed text forced to the source's own); derived (the model writes its target straight after the
+    prompt, the chain is the exact one from the source to it: for models trained with ``--sft.direct_targets``).
+    Each model is listed once per mode, e.g. ``sft-edits``, ``sft-edits (constrained)``, ``sft-edits (derived)``;
+    "both" is free and constrained. Models that write targets only always decode freely; the served model's row is
+    always there in the mode the server answers with by default."""
     force_target: bool = True
     """In constrained decoding also force the target to the chain's result (consistency 100% by construction), as
     serving does; false: the model writes it (consistency then measures the model, as in free decoding)."""
@@ -57,7 +63,11 @@ class EvalConfig:
         check_ranges("--eval", self, **dict.fromkeys(("max_new_tokens", "batch_size", "judge_epochs",
                                                       "judge_batch_size", "bootstrap"), "[1, inf)"))
         check_choice("--eval.split", self.split, ("train", "eval", "test"))
-        check_choice("--eval.decoding", self.decoding, ("free", "constrained", "both"))
+        modes: list[str] = []
+        for mode in self.decoding.split(",") if isinstance(self.decoding, str) else self.decoding:
+            check_choice("--eval.decoding", mode.strip(), DECODINGS + ("both",))
+            modes += ["free", "constrained"] if mode.strip() == "both" else [mode.strip()]
+        self.decoding = list(dict.fromkeys(modes))
         check_choice("--eval.judge_kind", self.judge_kind, ("frozen", "finetune"))
         check_choice("--eval.precision", self.precision, PRECISIONS)
         check_ranges("--eval", self, judge_max_rows="[2, inf)", max_rows="[2, inf)", judge_lr="(0, inf)")

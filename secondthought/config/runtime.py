@@ -40,9 +40,11 @@ class ServeConfig:
     """auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."""
     threads: int = 0
     """torch CPU threads per model replica (0: the replica's num_cpus, at least 1)."""
-    decoding: str = "constrained"
-    """How /v1/realign decodes a model that writes chains: constrained (only chains that apply to the text, so
-    every answer can be shown and corrected) or free."""
+    decoding: str = "auto"
+    """How /v1/realign decodes a model that writes chains: derived (the model writes its target, the answer's chain
+    is the exact chain of edits to it: always valid, always its result), constrained (the model writes its chain,
+    only chains that apply to the text), free, or auto: derived for a model trained with --sft.direct_targets above
+    0, else constrained (README, Answer quality). Corrected edits sent back are continued constrained."""
     force_target: bool = True
     """In constrained decoding also force the target to the chain's result (the answer's target and result then
     agree)."""
@@ -72,7 +74,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         check_choice("serve.device", self.device, ("auto", "cpu", "cuda"))
         check_choice("serve.dtype", self.dtype, ("auto", "bf16", "fp32"))
-        check_choice("serve.decoding", self.decoding, ("constrained", "free"))
+        check_choice("serve.decoding", self.decoding, ("auto", "derived", "constrained", "free"))
         check_ranges("serve", self, **dict.fromkeys(("max_batch_size", "max_text_chars", "max_prompt_chars",
                                                      "max_new_tokens", "default_new_tokens", "max_edits",
                                                      "max_body_bytes", "max_streams"), "[1, inf)"))

@@ -79,6 +79,10 @@ class SFTConfig(EngineConfig):
     """Loss on chain + target only; False also trains on context + source."""
     chains: bool = True
     """False: train on prompt -> <|tgt|> target without the chain of edits (the "SFT on targets only" baseline)."""
+    direct_targets: float = 0.5
+    """With chains: the share of training rows (drawn anew each epoch) whose chain is cut out, so that the model
+    also learns to write the target straight after the prompt. Serving's default answer (``derived``) is that
+    target with the exact chain of edits from the source to it (README, Answer quality); 0: chains only."""
     bucket_window: int = 64
     """Length bucketing: sort this many micro-batches' worth of rows by length before batching."""
     eval_every: int = 50
@@ -109,7 +113,7 @@ class SFTConfig(EngineConfig):
         check_ranges("--sft", self, epochs="[1, inf)", micro_batch_size="[1, inf)", grad_accum="[1, inf)",
                      lr="(0, inf)", eval_every="[1, inf)", patience="[0, inf)", num_workers="[1, inf)",
                      bucket_window="[1, inf)", warmup_fraction="[0, 1)", min_lr_ratio="[0, 1]", max_steps="[1, inf)",
-                     max_train_rows="[1, inf)", max_eval_rows="[1, inf)")
+                     max_train_rows="[1, inf)", max_eval_rows="[1, inf)", direct_targets="[0, 1]")
         if self.offload_params and self.zero_stage != 3:
             raise ConfigError("--sft.offload_params needs --sft.zero_stage 3")
         if self.offload_optimizer and self.zero_stage == 0:

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from secondthought.chains.text import Verdict, check_completion, split_completion
+from secondthought.chains.text import TGT, Verdict, check_completion, derived_completion, split_completion
 from secondthought.decoding.constraints import ChainGrammar, Constrain
 from secondthought.decoding.machine import ChainMachine
 from secondthought.runs import ModelInfo, read_model_info
@@ -250,17 +250,31 @@ class Policy:
             yield tokens[0]
 
     def output(self, ids: Sequence[int], source: Optional[str] = None) -> Output:
-        text = completion_text(self.tokenizer, ids)
+        return self._output(completion_text(self.tokenizer, ids), len(ids), source)
+
+    def _output(self, text: str, tokens: int, source: Optional[str]) -> Output:
         part = split_completion(text)
         verdict = (check_completion(source, text, self.info.format) if source is not None and self.info.writes_chains
                    else None)
-        return Output(text, part.chain_text, part.target, verdict, len(ids))
+        return Output(text, part.chain_text, part.target, verdict, tokens)
 
     def complete(self, prompts: Sequence[Sequence[int]], sources: Optional[Sequence[str]], params: SamplingParams,
                  seed: int = 0, done: Optional[Callable[[int], None]] = None,
-                 constrain: Optional[Constrain] = None) -> list[Output]:
+                 constrain: Optional[Constrain] = None, derive: bool = False) -> list[Output]:
         """Decode every prompt; with ``sources`` (the source text of each prompt) each chain is checked, and with
-        ``constrain`` also decoded constrained to its source."""
+        ``constrain`` also decoded constrained to its source. ``derive``: the model writes its target straight after
+        the prompt (``<|tgt|>`` forced) and the chain is the exact one from the source to it
+        (:func:`~secondthought.chains.text.derived_completion`)."""
+        if derive:
+            if sources is None or not self.info.writes_chains:
+                raise ValueError("a derived chain needs a chain model and the sources")
+            tgt = self.tokenizer.convert_tokens_to_ids(TGT)
+            completions = self.sample([list(p) + [tgt] for p in prompts], params, seed, done)
+            # special tokens dropped: a chain marker in the target would not be text the chain can write
+            texts = [derived_completion(source, self.tokenizer.decode([t for t in ids if t != self.eos_id],
+                                                                      skip_special_tokens=True), self.info.format)
+                     for source, ids in zip(sources, completions)]
+            return [self._output(text, len(ids), source) for text, ids, source in zip(texts, completions, sources)]
         constraints = self.constraints(sources, constrain) if constrain is not None else None
         completions = self.sample(prompts, params, seed, done, constraints)
         return [self.output(ids, sources[k] if sources is not None else None) for k, ids in enumerate(completions)]

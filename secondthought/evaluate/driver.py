@@ -41,7 +41,8 @@ from secondthought.tracking import ProgressLine, figure
 
 NON_MODELS = ("copy", "reference")
 CONSTRAINED = "(constrained)"
-ROW_FIELDS = ("id", "context", "source", "target")
+DERIVED = "(derived)"
+ROW_FIELDS = ("id", "context", "source", "target", "alignment")
 """What each line of completions.jsonl holds beside every model's raw completion."""
 
 
@@ -81,9 +82,9 @@ def prepare_judge(prepared: PreparedDir, cfg: EvalConfig) -> dict:
 
 
 def generate(name: str, model_dir: str, rows: list[EvalRow], max_new_tokens: int, batch_size: int,
-             precision: str, constrain: Optional[Constrain] = None) -> tuple[list[Output], float]:
-    """Greedy completions of the rows' prompts, chains checked against their sources (and decoded constrained to
-    them with ``constrain``), and the seconds the decoding took."""
+             precision: str, mode: "Mode") -> tuple[list[Output], float]:
+    """Greedy completions of the rows' prompts decoded as ``mode`` says, chains checked against their sources, and
+    the seconds the decoding took."""
     from secondthought.decoding.policy import Policy, SamplingParams
     from secondthought.models.lm import torch_dtype
 
@@ -92,23 +93,39 @@ def generate(name: str, model_dir: str, rows: list[EvalRow], max_new_tokens: int
     line = ProgressLine(f"eval: {name} writing", len(rows), "rows")
     started = time.perf_counter()
     outputs = policy.complete([r.prompt_ids for r in rows], [r.source for r in rows], params, seed=0, done=line.update,
-                              constrain=constrain)
+                              constrain=mode.constrain, derive=mode.derive)
     seconds = time.perf_counter() - started
     line.close()
     return outputs, seconds
 
 
-def decodings(systems: dict[str, str], cfg: EvalConfig) -> dict[str, tuple[str, Optional[Constrain]]]:
-    """Each system to decode: name -> (model folder, how it is constrained); a chain-writing model once per
-    decoding ``cfg.decoding`` asks for, "name (constrained)" when constrained."""
-    out: dict[str, tuple[str, Optional[Constrain]]] = {}
+@dataclass(frozen=True)
+class Mode:
+    """How one system decodes a model."""
+
+    folder: str
+    constrain: Optional[Constrain] = None
+    derive: bool = False
+
+
+def decodings(systems: dict[str, str], cfg: EvalConfig, served: Optional[str] = None) -> tuple[dict[str, Mode], str]:
+    """Each system to decode: a chain-writing model once per mode ``cfg.decoding`` asks for ("name",
+    "name (constrained)", "name (derived)"; derived only for a model that learned direct targets), and the name of
+    the row that is what the server answers with model ``served`` by default (added if ``cfg.decoding`` left it out)."""
+    out: dict[str, Mode] = {}
+    served_row = ""
     for name, folder in systems.items():
-        chains = read_model_info(folder).writes_chains
-        if not chains or cfg.decoding in ("free", "both"):
-            out[name] = (folder, None)
-        if chains and cfg.decoding in ("constrained", "both"):
-            out[f"{name} {CONSTRAINED}"] = (folder, Constrain(force_target=cfg.force_target))
-    return out
+        info = read_model_info(folder)
+        modes = [m for m in cfg.decoding if m != "derived" or info.direct_targets > 0] if info.writes_chains else ["free"]
+        if name == served and info.served_decoding not in modes:
+            modes.append(info.served_decoding)
+        for mode in modes:
+            row = name if mode == "free" else f"{name} ({mode})"
+            out[row] = Mode(folder, Constrain(force_target=cfg.force_target) if mode == "constrained" else None,
+                            mode == "derived")
+            if name == served and mode == info.served_decoding:
+                served_row = row
+    return out, served_row
 
 
 def perplexities(name: str, base_dir: str, contexts: list[str], texts: list[str], batch_size: int,
@@ -254,11 +271,16 @@ def markdown(report: dict, examples: list[dict]) -> str:
             "(positions in order, removed text forced to the source's own words, at least one change), then "
             + ("the chain's result as the target (forced)." if report["config"]["force_target"]
                else "the target the model writes (not forced: consistency measures the model).")
-            if any(s["system"].endswith(CONSTRAINED) for s in report["systems"]) else ""),
+            if any(s["system"].endswith(CONSTRAINED) for s in report["systems"]) else "") + (
+            f" A system marked {DERIVED} writes its target straight after the prompt; its chain is the exact chain of "
+            "edits from the source to it." if any(s["system"].endswith(DERIVED) for s in report["systems"]) else "")
+        + (f" The row marked **served** is what `secondthought serve` answers with {report['served'].split(' (')[0]} "
+           "by default." if report.get("served") else ""),
         "", "| system | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|",
     ]
     for system in report["systems"]:
-        lines.append(f"| {system['system']} | " + " | ".join(_cell(system["metrics"].get(c)) for c in COLUMNS) + " |")
+        name = system["system"] + (" **served**" if system["system"] == report.get("served") else "")
+        lines.append(f"| {name} | " + " | ".join(_cell(system["metrics"].get(c)) for c in COLUMNS) + " |")
     lines += cost_lines(report)
     lines += ["", "## Examples", ""]
     for ex in examples:
@@ -284,8 +306,9 @@ def plot(report: dict, png: Path) -> None:
 
 
 def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Path, cfg: EvalConfig,
-             ray_cfg: RayConfig, out: str | Path) -> dict:
-    """Evaluate ``systems`` (name -> model folder; "copy" and "reference" are built in) into ``out``."""
+             ray_cfg: RayConfig, out: str | Path, served: Optional[str] = None) -> dict:
+    """Evaluate ``systems`` (name -> model folder; "copy" and "reference" are built in) into ``out``; ``served``:
+    the system whose server default gets its row marked (the last one by default)."""
     prepared = PreparedDir.open(prepared)
     out = ReportDir(Path(out).expanduser().resolve())
     shadowing = sorted(set(systems) & set(NON_MODELS + ROW_FIELDS))
@@ -298,6 +321,7 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
     if not test:
         raise ConfigError(f"{prepared.split(cfg.split)} holds no triples to evaluate")
     test = test[: cfg.max_rows] if cfg.max_rows else test
+    modes, served_row = decodings(systems, cfg, served or next(reversed(systems), None))
     claim(out.path, "report", done_file=REPORT)
     started = time.time()
     precision = resolve_precision(cfg.precision)
@@ -311,9 +335,9 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
         parts = max(1, min(int(ray.cluster_resources().get("CPU", 1)), math.ceil(len(test) / cfg.batch_size)))
         bounds = np.linspace(0, len(test), parts + 1).astype(int).tolist()
         jobs = {name: [remote(generate).remote(name if parts == 1 else f"{name} [{a}:{b}]", folder, test[a:b],
-                                               cfg.max_new_tokens, cfg.batch_size, precision, constrain)
+                                               cfg.max_new_tokens, cfg.batch_size, precision, mode)
                        for a, b in zip(bounds, bounds[1:])]
-                for name, (folder, constrain) in decodings(systems, cfg).items()}
+                for name, mode in modes.items()}
         judge_job = remote(prepare_judge).remote(prepared, cfg)
         contexts = [r.context for r in test]
         texts = {"copy": [r.source for r in test], "reference": [r.target for r in test]}
@@ -348,7 +372,7 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
         results.append(system_metrics(name, test, written, verdicts, aligned[name], aligned["copy"], nll[name], cfg)
                        | ({"decoding": cost[name]} if name in cost else {}))
     report = {"prepared": str(prepared.path), "split": cfg.split, "test_rows": len(test), "precision": precision,
-              "judge": judge_info,
+              "judge": judge_info, "served": served_row,
               "systems": results, "models": systems, "config": asdict(cfg),
               "seconds": round(time.time() - started, 1)}
     examples = [{"id": r.id, "context": r.context, "source": r.source,
@@ -356,7 +380,8 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
                 for k, r in enumerate(test[: cfg.examples])]
     out.completions.write_text("".join(
         json.dumps({"id": r.id, "context": r.context, "source": r.source, "target": r.target,
-                    **{name: outputs[name][k].text for name in outputs}}) + "\n"
+                    **{name: outputs[name][k].text for name in outputs},
+                    "alignment": {name: round(float(aligned[name][k]), 6) for name in texts}}) + "\n"
         for k, r in enumerate(test)))
     out.markdown.write_text(markdown(report, examples) + "\n")
     plot(report, out.plot)

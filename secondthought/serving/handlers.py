@@ -23,8 +23,9 @@ from secondthought.chains.edits import (
     split_units,
 )
 from secondthought.chains.formats import EditFormat
-from secondthought.chains.text import check_completion, prompt, split_completion
+from secondthought.chains.text import SPECIAL_TOKENS, TGT, check_completion, derived_completion, prompt, split_completion
 from secondthought.config import ServeConfig
+from secondthought.runs import ModelInfo
 from secondthought.serving.requests import ApplyRequest, CompletionRequest, EditIn, RealignRequest
 
 
@@ -68,6 +69,8 @@ class RealignJob:
     """How the model writes chains."""
     given: tuple[Edit, ...] = ()
     """The corrected first edits themselves."""
+    derived: bool = False
+    """The prompt ends in <|tgt|>: the model writes its target, the answer's chain is the exact one to it."""
 
 
 @dataclass(frozen=True)
@@ -163,9 +166,19 @@ def _sampling(max_tokens: Optional[int], temperature: float, top_p: float, top_k
     return Sampling(max_tokens or cfg.default_new_tokens, temperature, top_p, top_k, seed)
 
 
-def realign_job(req: RealignRequest, cfg: ServeConfig, writes_chains: bool, fmt: EditFormat) -> RealignJob:
+def decoding_of(cfg: ServeConfig, info: ModelInfo) -> str:
+    """How /v1/realign decodes: the config's choice, or (auto) the model's default (``ModelInfo.served_decoding``)."""
+    if not info.writes_chains:
+        return "free"
+    return info.served_decoding if cfg.decoding == "auto" else cfg.decoding
+
+
+def realign_job(req: RealignRequest, cfg: ServeConfig, writes_chains: bool, fmt: EditFormat,
+                derive: bool = False) -> RealignJob:
     """Check a realign request; a corrected prefix must fit the text (else a 422 naming the edit). The request's
-    edits are structured or serialized (edit tokens) whatever the model's format; the prompt gets them in it."""
+    edits are structured or serialized (edit tokens) whatever the model's format; the prompt gets them in it.
+    ``derive``: the model writes its target straight away and the answer's chain is derived from it, unless the
+    request gives corrected edits (the model then continues them, as constrained decoding does)."""
     check_length(req.text, cfg.max_text_chars, "text")
     check_length(req.context, cfg.max_text_chars, "context")
     prefix = chain_of(req.edits, req.chain, req.text, cfg)
@@ -175,8 +188,10 @@ def realign_job(req: RealignRequest, cfg: ServeConfig, writes_chains: bool, fmt:
     applied(prefix, req.text, "edits" if req.chain is None else "chain")
     g = req.generation
     prefix_text = fmt.continued(fmt.write(prefix, req.text)) if prefix.edits else ""
-    return RealignJob(prompt(req.context, req.text) + prefix_text, req.text, prefix_text,
-                      _sampling(g.max_tokens, g.temperature, g.top_p, g.top_k, g.seed, cfg), fmt, prefix.edits)
+    derived = derive and writes_chains and not prefix.edits
+    return RealignJob(prompt(req.context, req.text) + (TGT if derived else prefix_text), req.text, prefix_text,
+                      _sampling(g.max_tokens, g.temperature, g.top_p, g.top_k, g.seed, cfg), fmt, prefix.edits,
+                      derived)
 
 
 def realign_answer(job: RealignJob, completion: str, writes_chains: bool, model: str, prompt_tokens: int,
@@ -192,6 +207,10 @@ def realign_answer(job: RealignJob, completion: str, writes_chains: bool, model:
                     target=target, applies=True, consistent=True, valid=changed,
                     problem="" if changed else "the target changes nothing", edits_from="diff", model=model,
                     usage=usage)
+    if job.derived:  # the completion is the target alone (a chain marker in it is no text a chain can write)
+        for token in SPECIAL_TOKENS:
+            completion = completion.replace(token, "")
+        completion = derived_completion(job.source, completion, job.format)
     text = job.prefix + completion
     verdict = check_completion(job.source, text, job.format)
     part = split_completion(text)
@@ -203,7 +222,7 @@ def realign_answer(job: RealignJob, completion: str, writes_chains: bool, model:
     result = chain.apply(job.source) if verdict.applies else None
     return dict(edits=views(chain), chain=written, explanation=decipher(chain), result=result,
                 target=part.target, applies=verdict.applies, consistent=verdict.consistent, valid=verdict.valid,
-                problem=verdict.reason, edits_from="model", model=model, usage=usage)
+                problem=verdict.reason, edits_from="derived" if job.derived else "model", model=model, usage=usage)
 
 
 def completion_jobs(req: CompletionRequest, cfg: ServeConfig) -> list[CompletionJob]:

@@ -21,7 +21,15 @@ from secondthought.decoding.machine import ChainMachine
 from secondthought.decoding.policy import Policy, SamplingParams, completion_text
 from secondthought.decoding.vocabulary import UnsupportedTokenizer
 from secondthought.runs import model_folder
-from secondthought.serving.handlers import ApiError, CompletionJob, RealignJob, Sampling, cut_at_stop, realign_answer
+from secondthought.serving.handlers import (
+    ApiError,
+    CompletionJob,
+    RealignJob,
+    Sampling,
+    cut_at_stop,
+    decoding_of,
+    realign_answer,
+)
 
 Job = Union[RealignJob, CompletionJob]
 
@@ -64,6 +72,7 @@ class Replica:
                                   threads=cfg.threads or max(1, int(cpus)))
         self.tokenizer = self.policy.tokenizer
         self.writes_chains = self.policy.info.writes_chains
+        self.decoding = decoding_of(cfg, self.policy.info)
         self.context_limit = getattr(self.policy.model.config, "max_position_embeddings", None) or 2048
         self.folder = Path(folder)
 
@@ -102,7 +111,8 @@ class Replica:
 
     def _constraint(self, job: Job) -> Optional[ChainMachine]:
         """A realign job's constraint to its text (after its corrected prefix), when this server constrains."""
-        if not isinstance(job, RealignJob) or not self.writes_chains or self.cfg.decoding != "constrained":
+        # derived decoding continues a request's corrected edits constrained: they are a chain to go on with
+        if not isinstance(job, RealignJob) or job.derived or self.decoding == "free":
             return None
         try:
             return self.policy.constraints([job.source], Constrain(self.cfg.force_target), [job.prefix])[0]

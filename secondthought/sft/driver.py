@@ -154,6 +154,7 @@ def _finish(prepared: PreparedDir, cfg: SFTConfig, plan: dict, data: dict, run: 
     shutil.rmtree(run.model, ignore_errors=True)
     shutil.copytree(run.best, run.model)
     write_model_info(run.model, ModelInfo(stage="sft", writes_chains=cfg.chains, edit_format=prepared.edit_format,
+                                          direct_targets=cfg.direct_targets if cfg.chains else 0.0,
                                           base_model=cfg.model,
                                           base_folder=str(run.base), trained_from=cfg.model))
     out = run.path

@@ -59,14 +59,16 @@ class TrainState:
     evals: list = field(default_factory=list)
 
 
-def _rows(iterator, cut_chain_at: int | None = None) -> Iterator[Row]:
-    """Training rows; with ``cut_chain_at`` (the id of <|tgt|>) the chain of edits is cut out:
-    prompt -> <|tgt|> target, the "SFT on targets only" baseline."""
+def _rows(iterator, tgt_id: int, direct: float = 0.0, seed: int = 0) -> Iterator[Row]:
+    """Training rows, each with its chain of edits cut out (prompt -> <|tgt|> target) with probability ``direct``
+    (1: every row, the "SFT on targets only" baseline). The draws come from ``seed`` in the data's order, so every
+    rank (and a resumed run) cuts the same rows."""
+    draw = random.Random(seed)
     for batch in iterator.iter_batches(batch_size=2048, batch_format="numpy"):
         for ids, prompt_len in zip(batch["input_ids"], batch["prompt_len"]):
             ids = np.asarray(ids, dtype=np.int64)
-            if cut_chain_at is not None:
-                ids = np.concatenate([ids[:prompt_len], ids[prompt_len + int(np.argmax(ids[prompt_len:] == cut_chain_at)):]])
+            if direct >= 1 or (direct > 0 and draw.random() < direct):
+                ids = np.concatenate([ids[:prompt_len], ids[prompt_len + int(np.argmax(ids[prompt_len:] == tgt_id)):]])
             yield Row(ids, int(prompt_len))
 
 
@@ -186,9 +188,9 @@ class _Worker:
         return Path(self.plan["out"])
 
     @property
-    def cut(self) -> int | None:
-        """The token the chain is cut out before (the targets-only baseline), or None."""
-        return None if self.cfg.chains else self.plan["tgt_id"]
+    def direct(self) -> float:
+        """The share of training rows whose chain is cut out (1: the targets-only baseline)."""
+        return self.cfg.direct_targets if self.cfg.chains else 1.0
 
 
 @dataclass
@@ -232,8 +234,9 @@ def _setup(cfg: SFTConfig, plan: dict) -> _Worker:
     engine, scheduler, n_params = _engine(cfg, plan, device)
     _record_nodes(Path(plan["out"]) / WORKERS, rank, world)
     state = _resume(engine, plan, cfg, rank, world)
-    cut = None if cfg.chains else plan["tgt_id"]
-    eval_rows = list(islice(rows_of_rank(_rows(ray.train.get_dataset_shard("eval"), cut), rank, world),
+    # the eval loss is on chains (targets only for the baseline), whatever share of training rows is cut
+    eval_rows = list(islice(rows_of_rank(_rows(ray.train.get_dataset_shard("eval"), plan["tgt_id"],
+                                               0.0 if cfg.chains else 1.0), rank, world),
                             plan["eval_rows_per_rank"]))
     train_shard = ray.train.get_dataset_shard("train")
     tracker = Tracker(cfg, Path(plan["out"]), rank, plan["total_steps"], state.step)
@@ -300,7 +303,8 @@ def _train(w: _Worker) -> None:
     window = _Window()
     stop = state.step >= total or state.stopped_early  # a restart after an early stop only finishes the run
     while not stop and state.epoch < cfg.epochs:
-        batches = bucketed(rows_of_rank(_rows(w.train_shard, w.cut), w.rank, w.world), cfg.micro_batch_size,
+        batches = bucketed(rows_of_rank(_rows(w.train_shard, plan["tgt_id"], w.direct, seed=cfg.seed * 1009 + state.epoch),
+                                        w.rank, w.world), cfg.micro_batch_size,
                            cfg.bucket_window, cfg.seed, state.epoch, cfg.grad_accum)
         for index, rows in enumerate(islice(batches, plan["micro_batches_per_epoch"])):
             if index < state.batches_done:

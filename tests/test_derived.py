@@ -1,0 +1,112 @@
+"""The derived answer: the model writes its target straight after the prompt, the chain shown is the exact chain of
+edits from the source to it; and the training rows that teach it (``--sft.direct_targets``)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secondthought.chains.edits import compute_edits
+from secondthought.chains.formats import FORMATS, WORDS
+from secondthought.chains.text import TGT, check_completion, derived_completion, prompt
+from secondthought.config import EvalConfig, ServeConfig
+from tests.memorized import CORRECTION, triples
+
+WORD = st.sampled_from(["Tom", "kicks", "the", "dog", "pets", "a", "cat,", "and", "walks", "away.", "home", "it"])
+TEXT = st.lists(WORD, min_size=1, max_size=12).map(" ".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(source=TEXT, target=TEXT, edit_format=st.sampled_from(list(FORMATS)))
+def test_a_derived_chain_always_applies_and_gives_its_target(source, target, edit_format):
+    fmt = FORMATS[edit_format]
+    verdict = check_completion(source, derived_completion(source, " " + target, fmt), fmt)
+    assert verdict.applies and verdict.consistent
+    assert verdict.no_op == (source == target)
+
+
+def test_the_model_writes_its_target_and_the_chain_is_derived_from_it(memorized_direct):
+    from secondthought.decoding.policy import Policy, SamplingParams
+
+    context, source, target = triples(1)[0]
+    policy = Policy.load(memorized_direct)
+    ids = policy.tokenizer(prompt(context, source), add_special_tokens=False).input_ids
+    params = SamplingParams(max_new_tokens=96, temperature=0)
+    [out] = policy.complete([ids], [source], params, derive=True)
+    assert out.target.strip() == target
+    assert out.verdict.valid and out.verdict.consistent
+    assert out.chain_text == WORDS.write(compute_edits(source, target), source)
+    # what it wrote: the target alone (the prompt ended in <|tgt|>), not a chain
+    [free] = policy.sample([ids + [policy.tokenizer.convert_tokens_to_ids(TGT)]], params)
+    assert out.tokens == len(free)
+
+
+def test_the_server_answers_derived_by_default_and_continues_corrected_edits(memorized_direct):
+    from secondthought.runs import read_model_info
+    from secondthought.serving.handlers import decoding_of, realign_job
+    from secondthought.serving.replica import Replica
+    from secondthought.serving.requests import RealignRequest
+
+    context, source, target = triples(1)[0]
+    cfg = ServeConfig(model=str(memorized_direct))
+    info = read_model_info(memorized_direct)
+    assert decoding_of(cfg, info) == "derived" == Replica(cfg).decoding
+    replica = Replica(cfg)
+    plain = realign_job(RealignRequest(context=context, text=source), cfg, True, WORDS, derive=True)
+    assert plain.derived and plain.prompt.endswith(TGT)
+    [answer] = replica.realign([plain])
+    assert answer["edits_from"] == "derived" and answer["result"] == answer["target"].strip() == target
+    assert answer["valid"] and answer["consistent"]
+    # "Regenerate after the ticked edits": the model continues the corrected chain, constrained to the text
+    job = realign_job(RealignRequest(context=context, text=source, edits=[_edit_in(source, target.replace(*CORRECTION))]),
+                      cfg, True, WORDS, derive=True)
+    assert not job.derived and not job.prompt.endswith(TGT)
+    [continued] = replica.realign([job])
+    assert continued["edits_from"] == "model" and continued["applies"]
+    assert continued["result"] == target.replace(*CORRECTION)
+
+
+def _edit_in(source: str, target: str):
+    from secondthought.serving.requests import EditIn
+
+    edit = compute_edits(source, target).edits[0]
+    return EditIn(op=edit.op, position=edit.pos, old=edit.old, new=edit.new)
+
+
+def test_a_model_without_direct_targets_is_served_constrained_and_evaluated_without_a_derived_row(memorized,
+                                                                                                memorized_direct):
+    from secondthought.evaluate.driver import decodings
+
+    systems = {"plain": str(memorized), "direct": str(memorized_direct)}
+    modes, served = decodings(systems, EvalConfig(), served="direct")
+    assert set(modes) == {"plain", "plain (constrained)", "direct", "direct (constrained)", "direct (derived)"}
+    assert served == "direct (derived)" and modes[served].derive and modes[served].constrain is None
+    # the served row is there even when --eval.decoding leaves its mode out
+    modes, served = decodings(systems, EvalConfig(decoding="free"), served="plain")
+    assert served == "plain (constrained)" and set(modes) == {"plain", "direct", "plain (constrained)"}
+    assert modes[served].constrain is not None
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+def test_a_share_of_training_rows_has_its_chain_cut_the_same_rows_on_every_pass(share):
+    from secondthought.sft.worker import _rows
+
+    tgt = 99
+    prompt_len, chain, target = [1, 2, 3], [7, 8, 9, 10], [tgt, 5, 6, 0]
+    rows = [prompt_len + chain + target] * 2000
+
+    class Shard:
+        def iter_batches(self, batch_size, batch_format):
+            for start in range(0, len(rows), batch_size):
+                part = rows[start : start + batch_size]
+                yield {"input_ids": part, "prompt_len": np.full(len(part), len(prompt_len))}
+
+    def cut_rows(seed):
+        out = list(_rows(Shard(), tgt, share, seed))
+        assert all(list(r.input_ids) in (rows[0], prompt_len + target) and r.prompt_len == 3 for r in out)
+        return [len(r.input_ids) < len(rows[0]) for r in out]
+
+    first = cut_rows(seed=1)
+    assert abs(np.mean(first) - share) < 0.04
+    assert cut_rows(seed=1) == first  # every rank and a resumed run draw the same rows
+    assert share in (0.0, 1.0) or cut_rows(seed=2) != first  # another epoch, other rows
