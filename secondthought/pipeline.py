@@ -80,6 +80,7 @@ def run_pipeline(data: DataConfig, prepare: PrepareConfig, sft: SFTConfig, rl: R
         "report": str(judged.markdown),
         "judge_accuracy": stages["eval"]["judge"]["held_out_accuracy"],
         "results": points(stages["eval"], ("alignment", "bleu", "validity")),
+        "served": stages["eval"].get("served", ""),
         "quarantine": str(prepared.quarantine),
     }
     write_json(out / PIPELINE, summary)
@@ -113,6 +114,7 @@ def describe(summary: dict) -> str:
         f"  report: {summary['report']} (judge held-out accuracy {summary['judge_accuracy']:.3f})",
         *(f"          {name:{width}s} alignment {r['alignment']:.3f}  BLEU {r['bleu']:.1f}"
           + (f"  validity {r['validity']:.2f}" if r.get("validity") is not None else "")
+          + ("  <- what `secondthought serve` answers" if name == summary.get("served") else "")
           for name, r in summary["results"].items()),
         f"  plots:  {', '.join(summary['plots'])}",
     ])

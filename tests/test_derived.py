@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secondthought.chains.edits import compute_edits
+from secondthought.chains.edits import Edit, EditChain, compute_edits, count_units, derived_chain, joined
 from secondthought.chains.formats import FORMATS, WORDS
 from secondthought.chains.text import TGT, check_completion, derived_completion, prompt
 from secondthought.config import EvalConfig, ServeConfig
@@ -25,6 +25,25 @@ def test_a_derived_chain_always_applies_and_gives_its_target(source, target, edi
     assert verdict.no_op == (source == target)
 
 
+@settings(max_examples=300, deadline=None)
+@given(source=TEXT, target=TEXT)
+def test_joined_edits_give_the_same_text_and_none_touches_the_next(source, target):
+    chain = compute_edits(source, target)
+    one = joined(chain)
+    assert one.apply(source) == chain.apply(source) and len(one) <= len(chain)
+    assert all(b.pos > a.pos + count_units(a.old) for a, b in zip(one.edits, one.edits[1:]))
+
+
+def test_an_insert_beside_a_delete_is_shown_as_one_replace():
+    """The issue's "Tracy decides to saves the the cat": an insert next to a delete where a replace is meant."""
+    source = "Tracy decides to put off the vet visit because her cat seems fine."
+    chain = EditChain((Edit("ins", 3, new=" take"), Edit("del", 3, old=" put off")))
+    assert joined(chain).edits == (Edit("rep", 3, old=" put off", new=" take"),)
+    assert derived_chain("Kat routine in the room.", "Kat routine.").edits == (
+        Edit("rep", 1, old=" routine in the room.", new=" routine."),)
+    assert joined(chain).apply(source) == chain.apply(source)
+
+
 def test_the_model_writes_its_target_and_the_chain_is_derived_from_it(memorized_direct):
     from secondthought.decoding.policy import Policy, SamplingParams
 
@@ -35,7 +54,7 @@ def test_the_model_writes_its_target_and_the_chain_is_derived_from_it(memorized_
     [out] = policy.complete([ids], [source], params, derive=True)
     assert out.target.strip() == target
     assert out.verdict.valid and out.verdict.consistent
-    assert out.chain_text == WORDS.write(compute_edits(source, target), source)
+    assert out.chain_text == WORDS.write(derived_chain(source, target), source)
     # what it wrote: the target alone (the prompt ended in <|tgt|>), not a chain
     [free] = policy.sample([ids + [policy.tokenizer.convert_tokens_to_ids(TGT)]], params)
     assert out.tokens == len(free)
@@ -45,7 +64,7 @@ def test_the_server_answers_derived_by_default_and_continues_corrected_edits(mem
     from secondthought.runs import read_model_info
     from secondthought.serving.handlers import decoding_of, realign_job
     from secondthought.serving.replica import Replica
-    from secondthought.serving.requests import RealignRequest
+    from secondthought.serving.requests import RealignRequest, RealignResponse
 
     context, source, target = triples(1)[0]
     cfg = ServeConfig(model=str(memorized_direct))
@@ -57,6 +76,7 @@ def test_the_server_answers_derived_by_default_and_continues_corrected_edits(mem
     [answer] = replica.realign([plain])
     assert answer["edits_from"] == "derived" and answer["result"] == answer["target"].strip() == target
     assert answer["valid"] and answer["consistent"]
+    RealignResponse(**answer)  # what the route's response model checks
     # "Regenerate after the ticked edits": the model continues the corrected chain, constrained to the text
     job = realign_job(RealignRequest(context=context, text=source, edits=[_edit_in(source, target.replace(*CORRECTION))]),
                       cfg, True, WORDS, derive=True)

@@ -23,8 +23,13 @@ def test_pipeline_runs_every_stage_once(ray_local, tmp_path, capsys):
     assert "chains in words" in text  # the default edit format
 
     report = json.loads((out / "eval" / "report.json").read_text())
-    assert [s["system"] for s in report["systems"]] == ["copy", "reference", "sft-targets-only", "sft-edits",
-                                                        "sft-edits (constrained)", "sft-rl", "sft-rl (constrained)"]
+    assert [s["system"] for s in report["systems"]] == [
+        "copy", "reference", "sft-targets-only", "sft-edits", "sft-edits (constrained)", "sft-edits (derived)",
+        "sft-rl", "sft-rl (constrained)", "sft-rl (derived)"]
+    # what the server answers with the run's model is its own row, marked in the report and the summary
+    assert report["served"] == summary["served"] == "sft-rl (derived)"
+    assert "| sft-rl (derived) **served** |" in (out / "eval" / "report.md").read_text()
+    assert "sft-rl (derived)" in text and "<- what `secondthought serve` answers" in text
     # the targets-only baseline trains once on each training triple, the edits model on each distinct chain
     rows = pads.dataset(out / "prepared" / "data" / "train").to_table(columns=["id", "direction"]).to_pylist()
     forward = [r["id"] for r in rows if r["direction"] == "forward"]
@@ -35,6 +40,8 @@ def test_pipeline_runs_every_stage_once(ray_local, tmp_path, capsys):
     infos = {name: read_model_info(out / name / "model") for name in ("sft", "sft-targets", "rl")}
     assert infos["sft"].writes_chains and not infos["sft-targets"].writes_chains and infos["rl"].writes_chains
     assert infos["rl"].stage == "rl" and infos["rl"].trained_from == str(out / "sft" / "model")
+    assert infos["rl"].direct_targets == infos["sft"].direct_targets == sft.direct_targets > 0
+    assert infos["sft-targets"].direct_targets == 0
     assert infos["rl"].base_folder == infos["sft"].base_folder == str(out / "sft" / "base")
     assert report["test_rows"] == len((out / "eval" / "completions.jsonl").read_text().splitlines()) > 0
     assert 0 <= report["judge"]["held_out_accuracy"] <= 1

@@ -240,3 +240,16 @@ def test_an_empty_prompt_is_refused_naming_it():
         with pytest.raises(ValidationError) as refused:
             CompletionRequest(prompt=prompt)
         assert refused.value.errors()[0]["loc"][0] == "prompt"
+
+
+def test_a_long_text_gets_tokens_enough_to_rewrite_it_whole_within_the_bounds():
+    """A constrained chain closes early when its tokens run out ("Kat uses a dating app her phone."): a realign
+    request that does not say gets about a token per character of its text, at least the default, at most the cap."""
+    cfg = ServeConfig(model="unused", default_new_tokens=128, max_new_tokens=512)
+    short, long = "Tom kicks the dog.", " ".join(["Tom kicks the dog while his friends laugh at it."] * 8)
+    budget = {text: realign_job(RealignRequest(text=text), cfg, True, WORDS).sampling.max_new_tokens
+              for text in (short, long)}
+    assert budget[short] == 128 and budget[long] == len(long) + 32 > 3 * len(long) // 4
+    assert realign_job(RealignRequest(text=long * 2), cfg, True, WORDS).sampling.max_new_tokens == 512
+    asked = RealignRequest(text=long, generation={"max_tokens": 40})
+    assert realign_job(asked, cfg, True, WORDS).sampling.max_new_tokens == 40

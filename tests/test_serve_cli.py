@@ -32,7 +32,9 @@ def lines_of(stream) -> queue.Queue:
     return found
 
 
-def test_serve_command_answers_on_loopback_and_stops_on_ctrl_c(memorized):
+def test_serve_command_answers_on_loopback_and_stops_on_ctrl_c(memorized_direct):
+    """With a model trained as the main job trains it (direct targets too): the derived answer by default."""
+    memorized = memorized_direct
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     command = [EXE, "serve", "--model", str(memorized), "--port", str(port), "--ray.num_cpus", "2"]
@@ -53,6 +55,7 @@ def test_serve_command_answers_on_loopback_and_stops_on_ctrl_c(memorized):
             assert any(f"{url}/v1/realign" in line for line in seen), seen
             r = requests.post(url + "/v1/realign", json={"context": context, "text": source}, timeout=60)
             assert r.status_code == 200 and r.json()["result"] == target, r.text
+            assert r.json()["edits_from"] == "derived" and r.json()["valid"] and r.json()["consistent"], r.text
             assert "<title>SecondThought" in requests.get(url + "/", timeout=10).text
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=120)

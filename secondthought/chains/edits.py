@@ -202,6 +202,26 @@ def compute_edits(source: str, target: str, costs: Sequence[float] = DEFAULT_COS
     return _chain(split_units(source), split_units(target), check_costs(costs))
 
 
+def joined(chain: EditChain) -> EditChain:
+    """The chain with each run of edits that touch (one starts where the one before it ends) written as one edit:
+    an insert beside a delete becomes one replace, a replace beside a delete one longer replace. The same result in
+    fewer edits that each change a whole phrase, which a reader can judge (and untick) on its own."""
+    out: list[Edit] = []
+    for edit in chain.edits:
+        last = out[-1] if out else None
+        if last is not None and edit.pos == last.pos + count_units(last.old):
+            old, new = last.old + edit.old, last.new + edit.new
+            out[-1] = Edit("rep" if old and new else "del" if old else "ins", last.pos, old, new)
+        else:
+            out.append(edit)
+    return EditChain(tuple(out), chain.costs)
+
+
+def derived_chain(source: str, target: str) -> EditChain:
+    """The chain shown for a target written without one: the minimum-cost chain to it, touching edits joined."""
+    return joined(compute_edits(source, target.strip()))
+
+
 def augment(source: str, target: str, cost_sets: Iterable[Sequence[float]]) -> list[EditChain]:
     """One chain per cost set, identical chains kept once (first cost set wins)."""
     src, tgt = split_units(source), split_units(target)

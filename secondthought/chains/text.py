@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from secondthought.chains.edits import EDIT_TOKENS, EditError, EditFormatError, compute_edits
+from secondthought.chains.edits import EDIT_TOKENS, EditError, EditFormatError, derived_chain
 from secondthought.chains.formats import EditFormat
 
 SRC, SEP, TGT = "<|src|>", "<|sep|>", "<|tgt|>"
@@ -38,8 +38,8 @@ def completion(chain_text: str, target: str) -> str:
 
 def derived_completion(source: str, target: str, fmt: EditFormat) -> str:
     """A target written without a chain, as a completion whose chain is the exact chain of edits from ``source`` to
-    it (``compute_edits``): the chain always applies and gives that target."""
-    return completion(fmt.write(compute_edits(source, target.strip()), source), target)
+    it (``edits.derived_chain``): the chain always applies and gives that target."""
+    return completion(fmt.write(derived_chain(source, target), source), target)
 
 
 @dataclass(frozen=True)

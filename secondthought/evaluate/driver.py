@@ -334,7 +334,7 @@ def run_eval(prepared: str | Path, systems: dict[str, str], base_model: str | Pa
         # on how rows are grouped
         parts = max(1, min(int(ray.cluster_resources().get("CPU", 1)), math.ceil(len(test) / cfg.batch_size)))
         bounds = np.linspace(0, len(test), parts + 1).astype(int).tolist()
-        jobs = {name: [remote(generate).remote(name if parts == 1 else f"{name} [{a}:{b}]", folder, test[a:b],
+        jobs = {name: [remote(generate).remote(name if parts == 1 else f"{name} [{a}:{b}]", mode.folder, test[a:b],
                                                cfg.max_new_tokens, cfg.batch_size, precision, mode)
                        for a, b in zip(bounds, bounds[1:])]
                 for name, mode in modes.items()}

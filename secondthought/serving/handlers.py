@@ -15,8 +15,8 @@ from secondthought.chains.edits import (
     EditApplyError,
     EditChain,
     EditError,
-    compute_edits,
     decipher,
+    derived_chain,
     describe,
     parse,
     serialize,
@@ -160,10 +160,18 @@ def apply_edits(req: ApplyRequest, cfg: ServeConfig) -> dict:
 
 
 def _sampling(max_tokens: Optional[int], temperature: float, top_p: float, top_k: int, seed: int,
-              cfg: ServeConfig) -> Sampling:
+              cfg: ServeConfig, default: int = 0) -> Sampling:
     if max_tokens is not None and max_tokens > cfg.max_new_tokens:
         raise ApiError("max_tokens", f"{max_tokens} is more than the {cfg.max_new_tokens} this server writes")
-    return Sampling(max_tokens or cfg.default_new_tokens, temperature, top_p, top_k, seed)
+    return Sampling(max_tokens or max(default, cfg.default_new_tokens), temperature, top_p, top_k, seed)
+
+
+def realign_budget(text: str, cfg: ServeConfig) -> int:
+    """New tokens a realign answer gets when the request does not say: enough for a chain that rewrites the whole
+    text and then its result (the text written about three times, at 3-4 characters a token: about a token a
+    character), so that a constrained chain on a long text is not closed early for want of tokens; within the
+    server's bounds. Decoding ends at the model's end of text, so a shorter answer costs no more."""
+    return min(cfg.max_new_tokens, max(cfg.default_new_tokens, len(text) + 32))
 
 
 def decoding_of(cfg: ServeConfig, info: ModelInfo) -> str:
@@ -190,7 +198,8 @@ def realign_job(req: RealignRequest, cfg: ServeConfig, writes_chains: bool, fmt:
     prefix_text = fmt.continued(fmt.write(prefix, req.text)) if prefix.edits else ""
     derived = derive and writes_chains and not prefix.edits
     return RealignJob(prompt(req.context, req.text) + (TGT if derived else prefix_text), req.text, prefix_text,
-                      _sampling(g.max_tokens, g.temperature, g.top_p, g.top_k, g.seed, cfg), fmt, prefix.edits,
+                      _sampling(g.max_tokens, g.temperature, g.top_p, g.top_k, g.seed, cfg,
+                                realign_budget(req.text, cfg)), fmt, prefix.edits,
                       derived)
 
 
@@ -201,7 +210,7 @@ def realign_answer(job: RealignJob, completion: str, writes_chains: bool, model:
                  total_tokens=prompt_tokens + completion_tokens)
     if not writes_chains:  # the targets-only baseline: show its change as edits computed from the diff
         target = split_completion(completion).target
-        chain = compute_edits(job.source, target)
+        chain = derived_chain(job.source, target)
         changed = target.strip() != job.source.strip()
         return dict(edits=views(chain), chain=serialize(chain), explanation=decipher(chain), result=target,
                     target=target, applies=True, consistent=True, valid=changed,

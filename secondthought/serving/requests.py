@@ -122,8 +122,10 @@ class RealignResponse(BaseModel):
     """The chain applies and changes something."""
     problem: str
     """Why the chain is not valid or not consistent (empty when it is both)."""
-    edits_from: Literal["model", "diff"]
-    """model: the model wrote the chain; diff: a targets-only model, edits computed from its target."""
+    edits_from: Literal["model", "derived", "diff"]
+    """model: the model wrote the chain; derived: the model wrote its target straight away and the chain is the exact
+    one to it (the default for a model trained with direct targets); diff: a targets-only model, edits computed from
+    its target the same way."""
     model: str
     usage: Usage
 
