@@ -3,6 +3,7 @@
     python -m bench.bench_rollout --model runs/demo/sft/model            # CPU, the fine-tuned SmolLM2
     python -m bench.bench_rollout --model smollm2 --gpu --prompts 256    # GPU (see ../shared/GPU.md)
     python -m bench.bench_rollout --model runs/demo/sft/model --metrics runs/demo/rl/metrics.jsonl
+    python -m bench.bench_rollout --model runs/demo/sft/model --batch 64 --prompts 128 --dtype bf16   # AMX CPU
 
 In one run, on the same prompts (Moral Stories sample prompts in the training format) with the same
 sampling settings: (1) ``generate`` one prompt at a time, (2) ``generate`` batched with left padding,
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--single", type=int, default=8, help="prompts for the one-at-a-time baseline")
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), help="default: bf16 on a GPU, fp32 on the CPU")
     parser.add_argument("--metrics", help="an rl run's metrics.jsonl: print the time split of its iterations")
     args = parser.parse_args()
 
@@ -89,7 +91,7 @@ def main() -> None:
     else:
         folder = Path(args.model)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    dtype = torch.bfloat16 if args.gpu else torch.float32
+    dtype = torch.bfloat16 if (args.dtype or ("bf16" if args.gpu else "fp32")) == "bf16" else torch.float32
     model = load_model(folder, dtype=dtype).to(device).eval()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     prompts = load_prompts(tokenizer, args.prompts)
@@ -122,7 +124,7 @@ def main() -> None:
     report = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name()}" if args.gpu else ""),
-        "model": str(args.model), "results": results,
+        "model": str(args.model), "dtype": str(dtype).removeprefix("torch."), "batch": args.batch, "results": results,
         "ratio_vs_one_at_a_time": round(ours / results["generate, one at a time"]["tokens_per_s"], 2),
         "ratio_vs_batched_generate": round(ours / results["generate, batched"]["tokens_per_s"], 2),
     }
