@@ -62,7 +62,16 @@ def memorized_direct(tokenizer, tmp_path_factory):
     from tests.memorized import memorized_model
 
     return memorized_model(tokenizer, tmp_path_factory.mktemp("memorized-direct") / "model", edit_format="words",
-                           direct=True)
+                           direct="target")
+
+
+@pytest.fixture(scope="session")
+def memorized_copying(tokenizer, tmp_path_factory):
+    """A words model whose first choice is to write its text back unchanged straight after the prompt."""
+    from tests.memorized import memorized_model
+
+    return memorized_model(tokenizer, tmp_path_factory.mktemp("memorized-copying") / "model", edit_format="words",
+                           direct="source", direct_copies=4)
 
 
 @pytest.fixture(scope="module")

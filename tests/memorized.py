@@ -28,10 +28,12 @@ def first_edit(source: str, target: str, edit_format: str) -> str:
 
 
 def memorized_model(tokenizer, dest: Path, steps: int = 100, seed: int = 0, edit_format: str = "tokens",
-                    direct: bool = False) -> Path:
+                    direct: str | None = None, direct_copies: int = 1) -> Path:
     """tiny-llama trained on the first sample triple until greedy decoding writes its chain and target, and the
     same after the corrected first edit (so regenerating after a correction has one right answer); ``direct``:
-    also the target straight after the prompt (as ``--sft.direct_targets`` trains), recorded in its metadata."""
+    also that text ("target", or "source": a model that copies) straight after the prompt, ``direct_copies`` times
+    (as ``--sft.direct_targets`` trains; more copies than chains: the direct form is its first choice), recorded in
+    its metadata."""
     import torch
 
     from secondthought.chains.edits import compute_edits
@@ -47,7 +49,8 @@ def memorized_model(tokenizer, dest: Path, steps: int = 100, seed: int = 0, edit
     # the original twice: greedy decoding then writes it (p ~ 2/3) unless the prefix says otherwise
     texts = [prompt(context, source) + completion(FORMATS[edit_format].write(compute_edits(source, t), source), t)
              for t in (target, target, corrected)]
-    texts += [prompt(context, source) + completion("", target)] if direct else []
+    if direct:
+        texts += [prompt(context, source) + completion("", {"target": target, "source": source}[direct])] * direct_copies
     rows = [tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for text in texts]
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)

@@ -130,3 +130,36 @@ def test_a_share_of_training_rows_has_its_chain_cut_the_same_rows_on_every_pass(
     assert abs(np.mean(first) - share) < 0.04
     assert cut_rows(seed=1) == first  # every rank and a resumed run draw the same rows
     assert share in (0.0, 1.0) or cut_rows(seed=2) != first  # another epoch, other rows
+
+
+def test_a_target_that_changes_nothing_falls_back_to_a_constrained_chain_and_free_means_a_chain_first(
+        memorized_copying):
+    """The model's first choice is to write its text back (the direct form): the derived answer would change nothing,
+    so the row is decoded again constrained (the server answers the model's chain); free decoding starts with a
+    chain, not with <|tgt|>."""
+    from secondthought.decoding.constraints import Constrain
+    from secondthought.decoding.policy import Policy, SamplingParams
+    from secondthought.serving.handlers import realign_job
+    from secondthought.serving.replica import Replica
+    from secondthought.serving.requests import RealignRequest
+
+    context, source, target = triples(1)[0]
+    policy = Policy.load(memorized_copying)
+    ids = policy.tokenizer(prompt(context, source), add_special_tokens=False).input_ids
+    params = SamplingParams(max_new_tokens=96, temperature=0)
+    tgt = policy.tokenizer.convert_tokens_to_ids(TGT)
+    [raw] = policy.sample([ids], params)
+    assert raw[0] == tgt  # unconstrained, the model skips its chain
+    [free] = policy.complete([ids], [source], params)
+    assert not free.text.startswith(TGT) and free.verdict.valid and free.target.strip() == target
+    [direct] = policy.sample([ids + [tgt]], params)
+    assert policy.tokenizer.decode(direct, skip_special_tokens=True).strip() == source  # it copies
+    [derived] = policy.complete([ids], [source], params, derive=True)
+    assert derived.verdict.valid and derived.verdict.consistent and derived.target.strip() == target
+    [chain] = policy.sample([ids], params, constraints=policy.constraints([source], Constrain(force_target=True)))
+    assert derived.tokens == len(direct) + len(chain)  # its cost: both decodings
+
+    cfg = ServeConfig(model=str(memorized_copying))
+    [answer] = Replica(cfg).realign([realign_job(RealignRequest(context=context, text=source), cfg, True, WORDS,
+                                                 derive=True)])
+    assert answer["edits_from"] == "model" and answer["valid"] and answer["result"] == target

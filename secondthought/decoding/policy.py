@@ -10,7 +10,7 @@ the longest is done.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -183,6 +183,24 @@ def completion_text(tokenizer, ids: Sequence[int]) -> str:
     return tokenizer.decode([t for t in ids if t != eos], skip_special_tokens=False)
 
 
+class ChainFirst:
+    """Free decoding of a model that also learned direct targets (``--sft.direct_targets``): its completion starts
+    with a chain, not with ``<|tgt|>`` or EOS, which greedy decoding would otherwise often pick (the direct form);
+    after the first token the model writes whatever it likes. A constraint in the machine's protocol."""
+
+    def __init__(self, banned: Sequence[int]):
+        self.banned, self.started = list(banned), False
+
+    def mask(self, width: int, left: Optional[int] = None) -> torch.Tensor:
+        allowed = torch.ones(width, dtype=torch.bool)
+        if not self.started:
+            allowed[self.banned] = False
+        return allowed
+
+    def advance(self, token: int) -> None:
+        self.started = True
+
+
 @dataclass(frozen=True)
 class Output:
     """One completion: its text split into the chain of edits and the target, and what the chain is worth."""
@@ -237,6 +255,14 @@ class Policy:
                              "only")
         return self.grammar.constraints(sources, how, self.info.format, prefixes)
 
+    def chain_first(self, n: int) -> Optional[list[ChainFirst]]:
+        """The free-decoding constraints of ``n`` prompts: a chain first where the model also writes direct targets
+        (None where it never learned to skip its chain)."""
+        if not (self.info.writes_chains and self.info.direct_targets > 0):
+            return None
+        banned = [self.tokenizer.convert_tokens_to_ids(TGT), self.eos_id]
+        return [ChainFirst(banned) for _ in range(n)]
+
     def sample(self, prompts: Sequence[Sequence[int]], params: SamplingParams, seed: int = 0,
                done: Optional[Callable[[int], None]] = None,
                constraints: Optional[Sequence[ChainMachine]] = None) -> list[list[int]]:
@@ -262,9 +288,10 @@ class Policy:
                  seed: int = 0, done: Optional[Callable[[int], None]] = None,
                  constrain: Optional[Constrain] = None, derive: bool = False) -> list[Output]:
         """Decode every prompt; with ``sources`` (the source text of each prompt) each chain is checked, and with
-        ``constrain`` also decoded constrained to its source. ``derive``: the model writes its target straight after
-        the prompt (``<|tgt|>`` forced) and the chain is the exact one from the source to it
-        (:func:`~secondthought.chains.text.derived_completion`)."""
+        ``constrain`` also decoded constrained to its source (else freely, a chain first: :meth:`chain_first`).
+        ``derive``: the model writes its target straight after the prompt (``<|tgt|>`` forced) and the chain is the
+        exact one from the source to it (:func:`~secondthought.chains.text.derived_completion`); a row whose target
+        is its source is decoded again constrained, the target forced (its tokens are the two decodings')."""
         if derive:
             if sources is None or not self.info.writes_chains:
                 raise ValueError("a derived chain needs a chain model and the sources")
@@ -274,7 +301,15 @@ class Policy:
             texts = [derived_completion(source, self.tokenizer.decode([t for t in ids if t != self.eos_id],
                                                                       skip_special_tokens=True), self.info.format)
                      for source, ids in zip(sources, completions)]
-            return [self._output(text, len(ids), source) for text, ids, source in zip(texts, completions, sources)]
-        constraints = self.constraints(sources, constrain) if constrain is not None else None
+            outputs = [self._output(text, len(ids), source) for text, ids, source in zip(texts, completions, sources)]
+            # a target that changes nothing is no answer: those rows write a chain constrained to change the source
+            redo = [k for k, out in enumerate(outputs) if out.verdict.no_op]
+            again = self.complete([prompts[k] for k in redo], [sources[k] for k in redo], params, seed,
+                                  constrain=Constrain(force_target=True)) if redo else []
+            for k, out in zip(redo, again):
+                outputs[k] = replace(out, tokens=out.tokens + outputs[k].tokens)
+            return outputs
+        constraints = (self.constraints(sources, constrain) if constrain is not None
+                       else self.chain_first(len(prompts)) if sources is not None else None)
         completions = self.sample(prompts, params, seed, done, constraints)
         return [self.output(ids, sources[k] if sources is not None else None) for k, ids in enumerate(completions)]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
+from secondthought.chains.text import TGT
 from secondthought.config import ServeConfig
 from secondthought.decoding.constraints import Constrain
 from secondthought.decoding.machine import ChainMachine
@@ -111,9 +113,12 @@ class Replica:
 
     def _constraint(self, job: Job) -> Optional[ChainMachine]:
         """A realign job's constraint to its text (after its corrected prefix), when this server constrains."""
-        # derived decoding continues a request's corrected edits constrained: they are a chain to go on with
-        if not isinstance(job, RealignJob) or job.derived or self.decoding == "free":
+        if not isinstance(job, RealignJob) or job.derived or not self.writes_chains:
             return None
+        if self.decoding == "free":
+            first = self.policy.chain_first(1)
+            return first[0] if first else None
+        # derived decoding continues a request's corrected edits constrained: they are a chain to go on with
         try:
             return self.policy.constraints([job.source], Constrain(self.cfg.force_target), [job.prefix])[0]
         except ValueError as e:
@@ -163,8 +168,19 @@ class Replica:
         return results
 
     def realign(self, jobs: Sequence[RealignJob]) -> list[Union[dict, ApiError]]:
-        return self._run(jobs, lambda job, prompt, ids: realign_answer(
-            job, completion_text(self.tokenizer, ids), self.writes_chains, self.name, len(prompt), len(ids)))
+        """The answers; a derived answer that changes nothing (the model wrote the text back) is replaced by the
+        model's chain decoded constrained to change the text, its target forced."""
+        def answer(job: RealignJob, prompt: list[int], ids: list[int]) -> dict:
+            return realign_answer(job, completion_text(self.tokenizer, ids), self.writes_chains, self.name,
+                                  len(prompt), len(ids))
+
+        answers = self._run(jobs, answer)
+        redo = [k for k, a in enumerate(answers) if jobs[k].derived and isinstance(a, dict) and not a["valid"]]
+        again = self._run([replace(jobs[k], derived=False, prompt=jobs[k].prompt.removesuffix(TGT)) for k in redo],
+                          answer)
+        for k, a in zip(redo, again):
+            answers[k] = a
+        return answers
 
     def _finish(self, ids: Sequence[int], job: CompletionJob) -> tuple[str, str]:
         text, stopped = cut_at_stop(completion_text(self.tokenizer, ids), job.stops)
