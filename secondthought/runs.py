@@ -130,15 +130,6 @@ class PreparedDir:
     def format(self) -> EditFormat:
         return edit_format(self.edit_format)
 
-    @property
-    def served_decoding(self) -> str:
-        """How the server answers with this model by default: derived where it learned to write a target without
-        a chain (the best answers on real rows: README, Answer quality), else constrained; free for a model that
-        writes targets only."""
-        if not self.writes_chains:
-            return "free"
-        return "derived" if self.direct_targets > 0 else "constrained"
-
     def fingerprint(self) -> str:
         """Names this preparation: a redone one (even of the same input) gets another."""
         import hashlib
