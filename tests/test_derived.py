@@ -163,3 +163,15 @@ def test_a_target_that_changes_nothing_falls_back_to_a_constrained_chain_and_fre
     [answer] = Replica(cfg).realign([realign_job(RealignRequest(context=context, text=source), cfg, True, WORDS,
                                                  derive=True)])
     assert answer["edits_from"] == "model" and answer["valid"] and answer["result"] == target
+
+
+def test_a_derived_edit_at_a_repeated_word_names_the_right_occurrence():
+    """The issue's "insert "stands up for" before "does"" landed in "if he does anything", not in "he does nothing":
+    a derived chain written in words singles out the occurrence it means, and reads back to the same place."""
+    source = "Tom says no to Ann and Tom says no again."
+    target = "Tom says no to Ann and Tom says yes again."
+    chain = derived_chain(source, target)
+    assert chain.edits == (Edit("rep", 8, old=" no", new=" yes"),)  # the second "no" (word 9), not word 3
+    written = WORDS.write(chain, source)
+    assert written == ' replace "no" after "and Tom says" with "yes"'
+    assert WORDS.read(written, source) == chain and chain.apply(source) == target
