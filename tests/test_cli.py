@@ -73,7 +73,8 @@ def test_readme_main_command_runs_from_the_console_script_on_loopback(tmp_path):
     assert (out / "sft" / "model" / "model.safetensors").is_file()
     assert (out / "rl" / "model" / "model.safetensors").is_file() and str(out / "rl" / "model") in stdout
     systems = [s["system"] for s in json.loads((out / "eval" / "report.json").read_text())["systems"]]
-    assert systems == ["copy", "reference", "sft-edits", "sft-edits (constrained)", "sft-rl", "sft-rl (constrained)"]
+    assert systems == ["copy", "reference", "sft-edits", "sft-edits (constrained)", "sft-edits (derived)", "sft-rl",
+                       "sft-rl (constrained)", "sft-rl (derived)"]
     assert not (out / "sft-targets").exists()
     assert str(out / "eval" / "report.md") in stdout
     # The terminal shows the project's progress (the fine-tuning's steps, followed by the driver) and not

@@ -149,7 +149,7 @@ def test_tiny_pipeline_on_two_nodes_places_workers_and_learners_one_per_node(tmp
         learners = json.loads((out / "rl" / "summary.json").read_text())["nodes"]["learner"]
         assert len(learners) == 2 and set(learners) == nodes, learners
         report = json.loads((out / "eval" / "report.json").read_text())
-        assert [s["system"] for s in report["systems"]][-2:] == ["sft-rl", "sft-rl (constrained)"]
+        assert [s["system"] for s in report["systems"]][-3:] == ["sft-rl", "sft-rl (constrained)", "sft-rl (derived)"]
         assert (out / "rl" / "model" / "model.safetensors").is_file()
     finally:
         survivors = cluster.stop()
