@@ -118,8 +118,7 @@ def main() -> None:
                  lambda _: run_prepare(data, PrepareConfig(), ray_cfg, prepared.path, overwrite=True, progress=False))
         for steps in args.steps:
             plans = {BASELINE: replace(sft, chains=False)}
-            plans |= {("chains" if len(shares) == 1 else f"chains-direct{share:g}"): replace(sft, direct_targets=share)
-                      for share in shares}
+            plans |= {f"chains-direct{share:g}": replace(sft, direct_targets=share) for share in shares}
             models = {}
             for name, cfg in plans.items():
                 run = TrainingDir(out / f"steps{steps}" / name)
