@@ -38,7 +38,10 @@ def completion(chain_text: str, target: str) -> str:
 
 def derived_completion(source: str, target: str, fmt: EditFormat) -> str:
     """A target written without a chain, as a completion whose chain is the exact chain of edits from ``source`` to
-    it (``edits.derived_chain``): the chain always applies and gives that target."""
+    it (``edits.derived_chain``): the chain always applies and gives that target. A token reserved for the structure
+    in ``target`` is dropped: it is no text a chain can write."""
+    for token in SPECIAL_TOKENS:
+        target = target.replace(token, "")
     return completion(fmt.write(derived_chain(source, target), source), target)
 
 

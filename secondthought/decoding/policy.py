@@ -297,7 +297,7 @@ class Policy:
                 raise ValueError("a derived chain needs a chain model and the sources")
             tgt = self.tokenizer.convert_tokens_to_ids(TGT)
             completions = self.sample([list(p) + [tgt] for p in prompts], params, seed, done)
-            # special tokens dropped: a chain marker in the target would not be text the chain can write
+            # every special token dropped (the tokenizer's own too): none is text a chain can write
             texts = [derived_completion(source, self.tokenizer.decode([t for t in ids if t != self.eos_id],
                                                                       skip_special_tokens=True), self.info.format)
                      for source, ids in zip(sources, completions)]

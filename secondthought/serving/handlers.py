@@ -23,7 +23,7 @@ from secondthought.chains.edits import (
     split_units,
 )
 from secondthought.chains.formats import EditFormat
-from secondthought.chains.text import SPECIAL_TOKENS, TGT, check_completion, derived_completion, prompt, split_completion
+from secondthought.chains.text import TGT, check_completion, derived_completion, prompt, split_completion
 from secondthought.config import ServeConfig
 from secondthought.runs import ModelInfo
 from secondthought.serving.requests import ApplyRequest, CompletionRequest, EditIn, RealignRequest
@@ -160,10 +160,10 @@ def apply_edits(req: ApplyRequest, cfg: ServeConfig) -> dict:
 
 
 def _sampling(max_tokens: Optional[int], temperature: float, top_p: float, top_k: int, seed: int,
-              cfg: ServeConfig, default: int = 0) -> Sampling:
+              cfg: ServeConfig, default: Optional[int] = None) -> Sampling:
     if max_tokens is not None and max_tokens > cfg.max_new_tokens:
         raise ApiError("max_tokens", f"{max_tokens} is more than the {cfg.max_new_tokens} this server writes")
-    return Sampling(max_tokens or max(default, cfg.default_new_tokens), temperature, top_p, top_k, seed)
+    return Sampling(max_tokens or default or cfg.default_new_tokens, temperature, top_p, top_k, seed)
 
 
 def realign_budget(text: str, cfg: ServeConfig) -> int:
@@ -216,9 +216,7 @@ def realign_answer(job: RealignJob, completion: str, writes_chains: bool, model:
                     target=target, applies=True, consistent=True, valid=changed,
                     problem="" if changed else "the target changes nothing", edits_from="diff", model=model,
                     usage=usage)
-    if job.derived:  # the completion is the target alone (a chain marker in it is no text a chain can write)
-        for token in SPECIAL_TOKENS:
-            completion = completion.replace(token, "")
+    if job.derived:  # the completion is the target alone
         completion = derived_completion(job.source, completion, job.format)
     text = job.prefix + completion
     verdict = check_completion(job.source, text, job.format)
